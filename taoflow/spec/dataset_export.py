@@ -39,17 +39,17 @@ class DatasetExportSpec:
         return classes, {k.lower(): ids[v.lower()] for k, v in mapping.items()}
 
 
-def load_dataset_export(path):
+def load_dataset_export(path, require_mapping=True):
     text = read_spec_text(path)
     raw = parse_text(text, pb.DatasetExportConfig(), path)
-    return validate_dataset_export(raw, text, path)
+    return validate_dataset_export(raw, text, path, require_mapping)
 
 
 def parse_dataset_export_text(text, path="<spec>"):
     return validate_dataset_export(parse_text(text, pb.DatasetExportConfig(), path), text, path)
 
 
-def validate_dataset_export(raw, text, path):
+def validate_dataset_export(raw, text, path, require_mapping=True):
     chk = Checker(path, text)
     kind = raw.WhichOneof("convert_config_type")
     if kind is None:
@@ -77,8 +77,8 @@ def validate_dataset_export(raw, text, path):
             chk.fail(f"{p}.partition_mode", f"must be \"random\" or \"sequence\", got {k.partition_mode!r}")
         if k.point_clouds_dir or k.calibrations_dir:
             chk.fail(p, "point clouds and calibrations are not used by SSD; remove them")
-    if not raw.target_class_mapping:
-        chk.fail("target_class_mapping", "is empty; map each dataset class to a target class")
+    if require_mapping and not raw.target_class_mapping:
+        chk.fail("target_class_mapping", "is empty; map each dataset class to a target class (or pass -c)")
     sm = raw.sample_modifier_config
     if raw.HasField("sample_modifier_config") and sm.ByteSize():
         chk.fail("sample_modifier_config", "sample modification is not supported by taoflow; remove the block")

@@ -27,7 +27,7 @@ def _rewrite_in_place(msg, fn, prefix):
     for fdesc, value in msg.ListFields():
         path = f"{prefix}{fdesc.name}"
         if fdesc.message_type is not None and not fdesc.message_type.GetOptions().map_entry:
-            items = value if fdesc.label == fdesc.LABEL_REPEATED else [value]
+            items = value if fdesc.is_repeated else [value]
             for item in items:
                 _rewrite_in_place(item, fn, path + ".")
         elif fdesc.name in PATH_FIELDS and isinstance(value, str) and value:

@@ -1,0 +1,60 @@
+"""`taoflow` command line: one subcommand per stage, each a thin wrapper over the stage's plain function."""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import TaoflowError
+
+# subcommand path -> (module with add_cli_arguments/run_cli, help)
+COMMANDS = {
+    ("demo-data",): ("taoflow.datasets.demo", "generate a synthetic CRPD-format license-plate dataset"),
+    ("convert", "crpd"): ("taoflow.datasets.crpd", "CRPD quadrilateral plates -> KITTI labels"),
+    ("convert", "kitti"): ("taoflow.datasets.kitti", "KITTI traffic labels -> remapped 15-field KITTI labels"),
+    ("split",): ("taoflow.datasets.split", "deterministic train/val split (links, never moves files)"),
+    ("tfrecords",): ("taoflow.datasets.tfrecords", "TFRecords exactly as `tao ssd dataset_convert` writes them"),
+    ("spec", "check"): ("taoflow.spec.cli", "parse and validate TAO spec files"),
+    ("spec", "render"): ("taoflow.spec.cli", "print a spec with its paths made absolute"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="taoflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"taoflow {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups = {}
+    for path, (module_name, help_text) in COMMANDS.items():
+        if len(path) == 1:
+            sub = top.add_parser(path[0], help=help_text, description=help_text)
+        else:
+            if path[0] not in groups:
+                grp = top.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = grp.add_subparsers(dest=f"{path[0]}_command", metavar="COMMAND", required=True)
+            sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        add = getattr(module, f"add_{path[-1]}_arguments", None) or module.add_cli_arguments
+        run = getattr(module, f"run_{path[-1]}", None) or module.run_cli
+        add(sub)
+        sub.set_defaults(_run=run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args._run(args) or 0
+    except TaoflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

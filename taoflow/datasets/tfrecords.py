@@ -1,0 +1,353 @@
+"""TFRecords for SSD exactly as TAO's `dataset_convert` writes them (TAO 5, DALI mode).
+
+Behaviour reproduced from nvidia_tao_tf1/cv/ssd/scripts/dataset_convert.py and detectnet_v2/dataio/
+{kitti_converter_lib,dataset_converter_lib}.py (see docs in ../shared/reference/tao-ssd-contract.md §2):
+- images: sorted(os.listdir(root/image_dir_name)) ending with image_extension (case-sensitive); stems are frame ids;
+- `random` partitions: fold 0 = the first int(val_split/100 * N) sorted stems, fold 1 = the rest; the partitions are
+  shuffled by `random.seed(42)`, once while partitioning and once more before sharding, in that order;
+- empty partitions are skipped *before* folds are numbered, each partition is cut into num_shards contiguous shards
+  (the last takes the remainder), files are named `<out>-fold-PPP-of-NNN-shard-SSSSS-of-MMMMM`;
+- per object: exactly 15 fields, boxes checked with int() truncation (x1 < x2 and y1 < y2, else logged to
+  `<out>_warning.json`), classes lowercased and dropped unless they are keys of target_class_mapping, coordinates
+  normalised by the image size, class ids 1..N over the sorted target classes;
+- image bytes are passed through untouched and an `idx-<file>` DALI index is written for every record file.
+
+Where TAO would crash with a Python traceback (a non-numeric field, a 16-field prediction line, a missing label file)
+taoflow raises a DataError naming the file and line. Unlike TAO, no index is written for the warning json, and
+features are serialised in sorted key order so identical inputs give identical bytes.
+"""
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from ..errors import DataError, OutputExistsError, TaoflowError
+from ..parallel import map_chunks
+from ..spec.dataset_export import DatasetExportSpec, load_dataset_export
+from ..spec.protos import tf_example_pb2 as tfx
+from ..status import StatusLogger
+from .images import image_size
+from .tfrecord_io import TFRecordWriter, format_index
+
+log = logging.getLogger(__name__)
+TAO_SEED = 42
+
+
+def list_frames(images_root: Path, extension: str):
+    if not images_root.is_dir():
+        raise DataError(f"image directory not found: {images_root}")
+    return [os.path.splitext(f)[0] for f in sorted(os.listdir(images_root)) if f.endswith(extension)]
+
+
+def partition_frames(spec: DatasetExportSpec, frames):
+    """TAO's partitions (lists of frame ids, fold order) including its seeded shuffles."""
+    k = spec.kitti
+    rng = random.Random(TAO_SEED)  # TAO seeds the global RNG in the converter's constructor; same sequence.
+    if k.partition_mode == "random":
+        num_val = int(k.val_split / 100.0 * len(frames))
+        partitions = [frames[:num_val], frames[num_val:]]
+        for part in partitions:
+            rng.shuffle(part)
+    else:
+        partitions = _sequence_partitions(spec, set(frames))
+    for part in partitions:
+        rng.shuffle(part)
+    return partitions
+
+
+def _sequence_partitions(spec, available):
+    path = spec.root_dir() / spec.kitti.kitti_sequence_to_frames_file
+    try:
+        seq_map = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the sequence-to-frames file: {e}", path=path) from None
+    n = spec.kitti.num_partitions
+    if n <= 1:
+        return [[f for frames in seq_map.values() for f in frames]]
+    partitions = [[] for _ in range(n)]
+    ordered = sorted(seq_map.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    for i, (_, frame_ids) in enumerate(ordered):
+        partitions[i % n].extend(frame_ids)
+    missing = [f for part in partitions for f in part if f not in available]
+    if missing:
+        raise DataError(f"{len(missing)} frames of the sequence file have no image, e.g. {missing[0]!r}", path=path)
+    return partitions[::-1]  # TAO reverses so that fold 0 holds the last sequences (Rumpy's validation buckets)
+
+
+def shard_partitions(partitions, num_shards):
+    """TAO's _shard: empty partitions are dropped, the rest cut into contiguous shards."""
+    n = max(num_shards, 1)
+    out = []
+    for part in partitions:
+        if not part:
+            continue
+        size = len(part) // n
+        out.append([part[i * size:(i + 1) * size if i + 1 < n else len(part)] for i in range(n)])
+    return out
+
+
+def shard_name(output, p, num_partitions, s, num_shards):
+    name = str(output)
+    if num_partitions != 0:
+        name = f"{name}-fold-{p:03d}-of-{num_partitions:03d}"
+    if num_shards != 0:
+        name = f"{name}-shard-{s:05d}-of-{num_shards:05d}"
+    return name
+
+
+def _parse_label_file(label_path):
+    """Label rows as TAO reads them: [class bytes, 14 floats], with errors that say where."""
+    if not label_path.is_file():
+        raise DataError("label file missing for this image (TAO needs one label file per image)", path=label_path)
+    try:
+        text = label_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = label_path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError("label file is not valid UTF-8", path=label_path, line=line) from None
+    rows = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) != 15:
+            hint = " (a 16th field is a prediction score: remove it)" if len(fields) == 16 else ""
+            raise DataError(f"KITTI label line has {len(fields)} fields, dataset_convert needs exactly 15{hint}",
+                            path=label_path, line=lineno)
+        try:
+            values = [float(x) for x in fields[1:]]
+        except ValueError:
+            bad = next(x for x in fields[1:] if not _is_float(x))
+            raise DataError(f"field {bad!r} is not a number", path=label_path, line=lineno) from None
+        if not all(math.isfinite(v) for v in values):
+            raise DataError("label line has a NaN or infinite number", path=label_path, line=lineno)
+        rows.append([fields[0].encode("utf-8")] + values)
+    return rows
+
+
+def _is_float(x):
+    try:
+        float(x)
+        return True
+    except ValueError:
+        return False
+
+
+def _example(frame_id, image_dir_name, encoded, width, height, rows, class2idx, label_path, warnings):
+    cols = {k: [] for k in ("cls", "trunc", "occ", "alpha", "x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z", "ry")}
+    counts = Counter()
+    for row in rows:
+        x1, y1, x2, y2 = (int(v) for v in row[4:8])
+        if not (x1 < x2 and y1 < y2):
+            # TAO keys the warning by the index of the first identical row (list.index), so duplicates collapse.
+            warnings[f"{label_path}_{rows.index(row)}"] = [x1, y1, x2, y2]
+            continue
+        name = row[0].lower().decode("utf-8")
+        if name not in class2idx:
+            counts[("dropped", name)] += 1
+            continue
+        counts[("written", name)] += 1
+        cols["cls"].append(float(class2idx[name]))
+        cols["trunc"].append(row[1])
+        cols["occ"].append(int(row[2]))
+        cols["alpha"].append(row[3])
+        cols["x1"].append(row[4] / width)
+        cols["y1"].append(row[5] / height)
+        cols["x2"].append(row[6] / width)
+        cols["y2"].append(row[7] / height)
+        for key, value in zip(("h", "w", "l", "x", "y", "z", "ry"), row[8:15]):
+            cols[key].append(value)
+
+    ex = tfx.Example()
+    f = ex.features.feature
+    f["frame/id"].bytes_list.value.append(os.path.join(image_dir_name, frame_id).encode("utf-8"))
+    f["frame/height"].int64_list.value.append(height)
+    f["frame/width"].int64_list.value.append(width)
+    f["frame/encoded"].bytes_list.value.append(encoded)
+    floats = [("target/object_class_id", "cls"), ("target/truncation", "trunc"), ("target/observation_angle", "alpha"),
+              ("target/coordinates_x1", "x1"), ("target/coordinates_y1", "y1"), ("target/coordinates_x2", "x2"),
+              ("target/coordinates_y2", "y2"), ("target/world_bbox_h", "h"), ("target/world_bbox_w", "w"),
+              ("target/world_bbox_l", "l"), ("target/world_bbox_x", "x"), ("target/world_bbox_y", "y"),
+              ("target/world_bbox_z", "z"), ("target/world_bbox_rot_y", "ry")]
+    for key, col in floats:
+        f[key].float_list.SetInParent()  # TAO writes every key, with an empty list for frames without objects
+        f[key].float_list.value.extend(cols[col])
+    f["target/occlusion"].int64_list.SetInParent()
+    f["target/occlusion"].int64_list.value.extend(cols["occ"])
+    return ex.SerializeToString(deterministic=True), counts
+
+
+def _write_shards(jobs):
+    return [_write_shard(job) for job in jobs]
+
+
+def _write_shard(job):
+    images_root, labels_root = Path(job["images_root"]), Path(job["labels_root"])
+    counts, warnings = Counter(), {}
+    with TFRecordWriter(job["path"]) as writer:
+        for frame_id in job["frames"]:
+            image_path = images_root / (frame_id + job["extension"])
+            label_path = labels_root / f"{frame_id}.txt"
+            width, height = image_size(image_path)
+            encoded = image_path.read_bytes()
+            rows = _parse_label_file(label_path)
+            payload, c = _example(frame_id, job["image_dir_name"], encoded, width, height, rows, job["class2idx"],
+                                  label_path, warnings)
+            writer.write(payload)
+            counts += c
+    Path(job["index_path"]).write_text(format_index(writer.index))
+    return {"partition": job["partition"], "file": os.path.basename(job["final"]), "records": len(writer.index),
+            "counts": counts, "warnings": warnings}
+
+
+def dataset_convert(spec, output_filename, class_names_file=None, workers=1, progress=True, results_dir=None,
+                    replace=False):
+    """Write TAO-layout TFRecords for the KITTI dataset a dataset_convert spec describes; return a report dict."""
+    if not isinstance(spec, DatasetExportSpec):
+        spec = load_dataset_export(spec, require_mapping=class_names_file is None)
+    status = StatusLogger(results_dir)
+    status.write("Starting Object Detection Dataset Convert.", status="STARTED")
+    try:
+        report = _convert(spec, Path(output_filename), class_names_file, workers, progress, replace)
+    except TaoflowError as e:
+        status.write(str(e), status="FAILURE")
+        raise
+    status.write("TFRecords generation complete.", status="SUCCESS", kpi={"num_images": report["num_images"]},
+                 categorical={"num_objects": report["objects"]})
+    return report
+
+
+def _class_ids(spec, class_names_file):
+    if spec.raw.target_class_mapping:
+        return spec.class_ids()
+    path = Path(class_names_file)
+    if not path.is_file():
+        raise DataError(f"class names file not found: {path}")
+    classes = sorted({line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+    if not classes:
+        raise DataError("class names file is empty", path=path)
+    return classes, {c: i + 1 for i, c in enumerate(classes)}
+
+
+def _convert(spec, output, class_names_file, workers, progress, replace):
+    k = spec.kitti
+    classes, class2idx = _class_ids(spec, class_names_file)
+    root = spec.root_dir()
+    images_root, labels_root = root / k.image_dir_name, root / k.label_dir_name
+    frames = list_frames(images_root, spec.image_extension)
+    if not frames:
+        raise DataError(f"no images ending with {spec.image_extension!r} in {images_root} "
+                        "(image_extension is matched case-sensitively, as TAO does)")
+    if not labels_root.is_dir():
+        raise DataError(f"label directory not found: {labels_root}")
+    out_dir = output.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() in (images_root.resolve(), labels_root.resolve()):
+        raise TaoflowError(f"output {output} is inside the dataset's image or label directory; write it elsewhere")
+    existing = _existing_outputs(output)
+    if existing and not replace:
+        raise OutputExistsError(f"TFRecords already exist for prefix {output} (e.g. {existing[0].name}); "
+                                "pass --replace to overwrite them")
+
+    partitions = partition_frames(spec, frames)
+    sharded = shard_partitions(partitions, k.num_shards)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=out_dir))
+    try:
+        jobs = []
+        for p, shards in enumerate(sharded):
+            for s, shard in enumerate(shards):
+                final = Path(shard_name(output, p, k.num_partitions, s, k.num_shards))
+                jobs.append({"partition": p, "frames": shard, "final": str(final), "path": str(tmp / final.name),
+                             "index_path": str(tmp / f"idx-{final.name}"), "images_root": str(images_root),
+                             "labels_root": str(labels_root), "extension": spec.image_extension,
+                             "image_dir_name": k.image_dir_name, "class2idx": class2idx})
+        results = map_chunks(_write_shards, jobs, workers=workers, desc="tfrecords", progress=progress,
+                             chunks_per_worker=1, unit="shard")
+        warnings = {}
+        for r in results:
+            warnings.update(r["warnings"])
+        if warnings:
+            (tmp / f"{output.name}_warning.json").write_text(json.dumps(warnings, indent=2))
+        for old in existing:
+            old.unlink()
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _report(output, partitions, results, classes, class2idx, warnings)
+
+
+def _existing_outputs(output):
+    names = (f"{output.name}-", f"idx-{output.name}-", f"{output.name}_warning.json")
+    return sorted(p for p in output.parent.iterdir() if p.name.startswith(names) or p.name == output.name)
+
+
+def _report(output, partitions, results, classes, class2idx, warnings):
+    per_partition = {}
+    objects, dropped = Counter(), Counter()
+    for r in results:
+        part = per_partition.setdefault(r["partition"], {"records": 0, "objects": Counter(), "files": []})
+        part["records"] += r["records"]
+        part["files"].append(r["file"])
+        for (kind, name), n in r["counts"].items():
+            if kind == "written":
+                part["objects"][name] += n
+                objects[name] += n
+            else:
+                dropped[name] += n
+    return {
+        "output": str(output),
+        "num_images": sum(len(p) for p in partitions),
+        "num_val_images": len(partitions[0]) if len(partitions) == 2 else None,
+        "classes": classes,
+        "class_ids": class2idx,
+        "partitions": {p: {"records": v["records"], "objects": dict(v["objects"]), "files": v["files"]}
+                       for p, v in sorted(per_partition.items())},
+        "objects": dict(objects),
+        "dropped_unmapped_objects": dict(dropped),
+        "invalid_boxes": len(warnings),
+        "warning_file": f"{output}_warning.json" if warnings else None,
+    }
+
+
+def add_cli_arguments(parser):
+    """TAO's `dataset_convert` flags (-d -o -f -v -r -c) plus taoflow's -j/--replace/--no-progress."""
+    parser.add_argument("-d", "--dataset_export_spec", required=True, help="dataset_convert spec file (protobuf text)")
+    parser.add_argument("-o", "--output_filename", required=True, help="output path prefix of the TFRecord files")
+    parser.add_argument("-f", "--validation_fold", type=int, default=None,
+                        help="accepted for TAO compatibility; only TAO's sample modifier uses it")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-r", "--results_dir", default=None, help="directory for status.json")
+    parser.add_argument("-c", "--class_names_file", default=None,
+                        help="class names, one per line; used only when target_class_mapping is empty")
+    parser.add_argument("-j", "--workers", type=int, default=1, help="parallel processes (shards are the unit)")
+    parser.add_argument("--replace", action="store_true", help="overwrite TFRecords already written with this prefix")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args):
+    report = dataset_convert(args.dataset_export_spec, args.output_filename, class_names_file=args.class_names_file,
+                             workers=args.workers, progress=not args.no_progress, results_dir=args.results_dir,
+                             replace=args.replace)
+    print(summary(report))
+    return 0
+
+
+def summary(report):
+    lines = [f"Wrote {report['num_images']} images to {report['output']}-* "
+             f"({sum(len(p['files']) for p in report['partitions'].values())} record files, each with an idx- index)"]
+    for p, part in report["partitions"].items():
+        objs = ", ".join(f"{k}: {v}" for k, v in sorted(part["objects"].items())) or "no objects"
+        lines.append(f"  fold {p:03d}: {part['records']} images; {objs}")
+    lines.append("  class ids: " + ", ".join(f"{c}={i + 1}" for i, c in enumerate(report["classes"])))
+    if report["dropped_unmapped_objects"]:
+        lines.append("  dropped (class not in target_class_mapping): " +
+                     ", ".join(f"{k}: {v}" for k, v in sorted(report["dropped_unmapped_objects"].items())))
+    if report["invalid_boxes"]:
+        lines.append(f"  {report['invalid_boxes']} boxes failed TAO's x1<x2, y1<y2 check: see {report['warning_file']}")
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""dataset_convert compatibility: records are read back with the independent `tfrecord` package (its own
+Example parser and DALI index builder) and CRCs are checked with the independent `crc32c` package."""
+
+import json
+import random
+import struct
+
+import cv2
+import crc32c
+import numpy as np
+import pytest
+from tfrecord.reader import tfrecord_loader
+from tfrecord.tools.tfrecord2idx import create_index
+
+from taoflow.datasets.tfrecords import dataset_convert
+from taoflow.errors import DataError, OutputExistsError
+from taoflow.fsutil import tree_digest
+from taoflow.spec import parse_dataset_export_text
+
+DESCRIPTION = {  # TAO's DALI feature schema for SSD (ssd/builders/dalipipeline_builder.py)
+    "frame/id": "byte", "frame/height": "int", "frame/width": "int", "frame/encoded": "byte",
+    "target/object_class_id": "float", "target/truncation": "float", "target/occlusion": "int",
+    "target/observation_angle": "float", "target/coordinates_x1": "float", "target/coordinates_y1": "float",
+    "target/coordinates_x2": "float", "target/coordinates_y2": "float", "target/world_bbox_h": "float",
+    "target/world_bbox_w": "float", "target/world_bbox_l": "float", "target/world_bbox_x": "float",
+    "target/world_bbox_y": "float", "target/world_bbox_z": "float", "target/world_bbox_rot_y": "float",
+}
+
+SPEC = """
+kitti_config {{
+  root_directory_path: "{root}"
+  image_dir_name: "image"
+  label_dir_name: "label"
+  image_extension: ".jpg"
+  partition_mode: "random"
+  num_partitions: 2
+  val_split: {val_split}
+  num_shards: {num_shards}
+}}
+image_directory_path: "{root}"
+target_class_mapping {{ key: "car" value: "vehicle" }}
+target_class_mapping {{ key: "Van" value: "vehicle" }}
+target_class_mapping {{ key: "pedestrian" value: "Pedestrian" }}
+"""
+
+
+def kitti_line(cls, x1, y1, x2, y2, occ=0):
+    return f"{cls} 0.00 {occ} -1.5 {x1} {y1} {x2} {y2} 1.5 1.6 3.9 1.0 1.7 30.0 0.1"
+
+
+@pytest.fixture()
+def kitti_root(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "kitti"
+    (root / "image").mkdir(parents=True)
+    (root / "label").mkdir()
+    truth = {}
+    for i in range(11):
+        w, h = int(rng.integers(64, 200)), int(rng.integers(48, 160))
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "image" / f"{i:04d}.jpg"), img)
+        lines = []
+        if i % 4 != 3:  # some frames without objects
+            lines.append(kitti_line("Car", 1.5, 2.25, w - 3.5, h / 2))
+            lines.append(kitti_line("pedestrian", 4, 5, 20.75, 30, occ=1))
+            lines.append(kitti_line("cyclist", 1, 1, 10, 10))  # unmapped -> dropped
+        if i == 5:
+            lines.append(kitti_line("van", 10.9, 5, 10.2, 30))  # int(10.9) == int(10.2): TAO rejects it
+        (root / "label" / f"{i:04d}.txt").write_text("\n".join(lines) + "\n")
+        truth[f"{i:04d}"] = (w, h, lines)
+    (root / "image" / "ignored.png").write_bytes(b"not matched: extension differs")
+    return root, truth
+
+
+def write_spec(tmp_path, root, val_split=20, num_shards=3):
+    text = SPEC.format(root=root, val_split=val_split, num_shards=num_shards)
+    path = tmp_path / "convert.txt"
+    path.write_text(text)
+    return path
+
+
+def read_records(path):
+    return list(tfrecord_loader(str(path), None, DESCRIPTION))
+
+
+def test_names_partitions_and_order_match_tao(tmp_path, kitti_root):
+    root, truth = kitti_root
+    out = tmp_path / "out" / "kitti_train"
+    report = dataset_convert(write_spec(tmp_path, root), out, progress=False)
+
+    names = sorted(p.name for p in out.parent.iterdir())
+    records = [f"kitti_train-fold-{p:03d}-of-002-shard-{s:05d}-of-00003" for p in (0, 1) for s in range(3)]
+    assert names == sorted(records + [f"idx-{r}" for r in records] + ["kitti_train_warning.json"])
+
+    # TAO: fold 0 = first int(0.2 * 11) = 2 sorted stems; both folds shuffled by seed 42 twice, val first.
+    stems = sorted(truth)
+    random.seed(42)
+    parts = [stems[:2], stems[2:]]
+    for part in parts:
+        random.shuffle(part)
+    for part in parts:
+        random.shuffle(part)
+    for p, part in enumerate(parts):
+        size = len(part) // 3
+        shards = [part[i * size:(i + 1) * size if i < 2 else len(part)] for i in range(3)]
+        for s, shard in enumerate(shards):
+            got = [bytes(r["frame/id"]).decode() for r in read_records(out.parent / records[p * 3 + s])]
+            assert got == [f"image/{stem}" for stem in shard]
+    assert report["num_images"] == 11 and report["num_val_images"] == 2
+
+
+def test_features_hold_normalised_boxes_and_raw_bytes(tmp_path, kitti_root):
+    root, truth = kitti_root
+    out = tmp_path / "out" / "t"
+    report = dataset_convert(write_spec(tmp_path, root, val_split=0, num_shards=0), out, progress=False)
+    assert report["classes"] == ["pedestrian", "vehicle"]
+    files = sorted(p for p in out.parent.iterdir() if p.name.startswith("t-fold"))
+    assert [f.name for f in files] == ["t-fold-000-of-002"]  # val fold empty -> skipped; num_shards 0 -> no shard part
+    seen = set()
+    for rec in read_records(files[0]):
+        stem = bytes(rec["frame/id"]).decode().split("/")[1]
+        seen.add(stem)
+        w, h, lines = truth[stem]
+        assert bytes(rec["frame/encoded"]) == (root / "image" / f"{stem}.jpg").read_bytes()
+        assert (int(rec["frame/width"][0]), int(rec["frame/height"][0])) == (w, h)
+        expected = []
+        for line in lines:
+            f = line.split()
+            cls = {"car": 2.0, "van": 2.0, "pedestrian": 1.0}.get(f[0].lower())
+            x1, y1, x2, y2 = map(float, f[4:8])
+            if cls is None or not (int(x1) < int(x2) and int(y1) < int(y2)):
+                continue
+            expected.append((cls, x1 / w, y1 / h, x2 / w, y2 / h, int(f[2])))
+        got = list(zip(rec["target/object_class_id"], rec["target/coordinates_x1"], rec["target/coordinates_y1"],
+                       rec["target/coordinates_x2"], rec["target/coordinates_y2"], rec["target/occlusion"]))
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g[0] == e[0] and g[5] == e[5]
+            np.testing.assert_allclose(g[1:5], e[1:5], atol=1e-6)
+        assert len(rec["target/world_bbox_z"]) == len(expected)
+    assert seen == set(truth)
+    warnings = json.loads((out.parent / "t_warning.json").read_text())
+    assert warnings == {f"{root / 'label' / '0005.txt'}_3": [10, 5, 10, 30]}
+
+
+def test_index_files_and_crcs_match_independent_implementations(tmp_path, kitti_root):
+    root, _ = kitti_root
+    out = tmp_path / "out" / "kitti_train"
+    dataset_convert(write_spec(tmp_path, root), out, progress=False, workers=2)
+    for rec_file in out.parent.glob("kitti_train-fold-*"):
+        ref = tmp_path / "ref.idx"
+        create_index(str(rec_file), str(ref))
+        assert (out.parent / f"idx-{rec_file.name}").read_text() == ref.read_text()
+        data = rec_file.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            for chunk, crc_at in ((data[pos:pos + 8], pos + 8), (data[pos + 12:pos + 12 + length], pos + 12 + length)):
+                crc = crc32c.crc32c(chunk)
+                masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+                assert struct.unpack("<I", data[crc_at:crc_at + 4])[0] == masked
+            pos += 16 + length
+
+
+def test_output_is_independent_of_workers_and_deterministic(tmp_path, kitti_root):
+    root, _ = kitti_root
+    spec = write_spec(tmp_path, root)
+    dataset_convert(spec, tmp_path / "a" / "x", progress=False, workers=1)
+    dataset_convert(spec, tmp_path / "b" / "x", progress=False, workers=2)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+
+def test_existing_output_refused_then_replaced(tmp_path, kitti_root):
+    root, _ = kitti_root
+    spec = write_spec(tmp_path, root)
+    out = tmp_path / "out" / "x"
+    dataset_convert(spec, out, progress=False)
+    with pytest.raises(OutputExistsError):
+        dataset_convert(spec, out, progress=False)
+    dataset_convert(spec, out, progress=False, replace=True)
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("line, message", [
+    (kitti_line("car", 1, 2, 30, 40) + " 0.9", "has 16 fields"),
+    ("car 0 0 0 1 2 x 4 0 0 0 0 0 0 0", "'x' is not a number"),
+    ("car 0 0 0 1 2 nan 4 0 0 0 0 0 0 0", "NaN"),
+])
+def test_bad_label_names_file_and_line_and_leaves_nothing(tmp_path, kitti_root, line, message):
+    root, _ = kitti_root
+    label = root / "label" / "0002.txt"
+    label.write_text(label.read_text() + line + "\n")
+    before = tree_digest(root)
+    out = tmp_path / "out" / "x"
+    with pytest.raises(DataError) as err:
+        dataset_convert(write_spec(tmp_path, root), out, progress=False)
+    assert message in str(err.value) and f"{label}:4:" in str(err.value)
+    assert tree_digest(root) == before
+    assert list(out.parent.iterdir()) == []
+
+
+def test_missing_label_file_is_an_error(tmp_path, kitti_root):
+    root, _ = kitti_root
+    (root / "label" / "0007.txt").unlink()
+    with pytest.raises(DataError, match="0007.txt: label file missing"):
+        dataset_convert(write_spec(tmp_path, root), tmp_path / "o" / "x", progress=False)
+
+
+def test_spec_rules_follow_tao(tmp_path):
+    from taoflow.errors import SpecError
+    text = SPEC.format(root="/data", val_split=100, num_shards=2)
+    with pytest.raises(SpecError, match=r"<spec>:9:3: kitti_config.val_split: must satisfy 0 <= val_split < 100"):
+        parse_dataset_export_text(text)
+    with pytest.raises(SpecError, match="partition_mode"):
+        parse_dataset_export_text(text.replace('"random"', '"randm"').replace("100", "10"))
+    spec = parse_dataset_export_text(text.replace("100", "10").replace('root_directory_path: "/data"',
+                                                                       'root_directory_path: "rel/dir"'))
+    assert spec.class_ids() == (["pedestrian", "vehicle"], {"car": 2, "van": 2, "pedestrian": 1})
