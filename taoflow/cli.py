@@ -10,6 +10,7 @@ from .errors import TaoflowError
 
 # subcommand path -> (module with add_cli_arguments/run_cli, help)
 COMMANDS = {
+    ("demo",): ("taoflow.demo", "run the pipeline on generated demo data (the README's main command)"),
     ("demo-data",): ("taoflow.datasets.demo", "generate a synthetic CRPD-format license-plate dataset"),
     ("convert", "crpd"): ("taoflow.datasets.crpd", "CRPD quadrilateral plates -> KITTI labels"),
     ("convert", "kitti"): ("taoflow.datasets.kitti", "KITTI traffic labels -> remapped 15-field KITTI labels"),

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+r"""Split a KITTI dataset into training/ and val/ by hard links, reproducibly (same as `taoflow split`).
+
+Example: tools/split.py --input_image_dir data/generated/kitti/image --input_label_dir data/generated/kitti/label \
+    --output_dir data/generated/kitti_split --val_split 10
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from taoflow.datasets.split import add_cli_arguments, run_cli  # noqa: E402
+from taoflow.errors import TaoflowError  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cli_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except TaoflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
