@@ -3,12 +3,14 @@
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
 from .errors import TaoflowError
 
-# subcommand path -> (module with add_cli_arguments/run_cli, help)
+# subcommand path -> (module, help[, prefix]); the module provides add_<prefix>arguments and run_<prefix>,
+# by default add_cli_arguments and run_cli.
 COMMANDS = {
     ("demo",): ("taoflow.demo", "run the pipeline on generated demo data (the README's main command)"),
     ("demo-data",): ("taoflow.datasets.demo", "generate a synthetic CRPD-format license-plate dataset"),
@@ -16,8 +18,8 @@ COMMANDS = {
     ("convert", "kitti"): ("taoflow.datasets.kitti", "KITTI traffic labels -> remapped 15-field KITTI labels"),
     ("split",): ("taoflow.datasets.split", "deterministic train/val split (links, never moves files)"),
     ("tfrecords",): ("taoflow.datasets.tfrecords", "TFRecords exactly as `tao ssd dataset_convert` writes them"),
-    ("spec", "check"): ("taoflow.spec.cli", "parse and validate TAO spec files"),
-    ("spec", "render"): ("taoflow.spec.cli", "print a spec with its paths made absolute"),
+    ("spec", "check"): ("taoflow.spec.cli", "parse and validate TAO spec files", "check"),
+    ("spec", "render"): ("taoflow.spec.cli", "print a spec with its paths made absolute", "render"),
 }
 
 
@@ -27,7 +29,7 @@ def build_parser():
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups = {}
-    for path, (module_name, help_text) in COMMANDS.items():
+    for path, (module_name, help_text, *prefix) in COMMANDS.items():
         if len(path) == 1:
             sub = top.add_parser(path[0], help=help_text, description=help_text)
         else:
@@ -36,8 +38,9 @@ def build_parser():
                 groups[path[0]] = grp.add_subparsers(dest=f"{path[0]}_command", metavar="COMMAND", required=True)
             sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         module = importlib.import_module(module_name)
-        add = getattr(module, f"add_{path[-1]}_arguments", None) or module.add_cli_arguments
-        run = getattr(module, f"run_{path[-1]}", None) or module.run_cli
+        hook = prefix[0] if prefix else "cli"
+        add = getattr(module, f"add_{hook}_arguments")
+        run = getattr(module, f"run_{hook}" if prefix else "run_cli")
         add(sub)
         sub.set_defaults(_run=run)
     return parser
@@ -52,6 +55,9 @@ def main(argv=None):
     except TaoflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

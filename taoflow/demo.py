@@ -31,7 +31,7 @@ def run_demo(workspace="workspace", num_images=300, seed=0, workers=None, progre
     t0 = time.time()
     raw = ws / "raw" / "crpd_demo"
     data_root = ws / "data"
-    kitti, split, records = data_root / "crpd" / "kitti", data_root / "crpd" / "split", data_root / "crpd" / "tfrecords"
+    kitti, split, records = (data_root / "crpd" / name for name in ("kitti", "split", "tfrecords"))
     replace = bool(fresh)
     steps = {}
     if fresh or not raw.exists():
@@ -64,7 +64,7 @@ def run_demo(workspace="workspace", num_images=300, seed=0, workers=None, progre
 
 
 def add_cli_arguments(parser):
-    parser.add_argument("-w", "--workspace", default="workspace", help="where data and results go (default ./workspace)")
+    parser.add_argument("-w", "--workspace", default="workspace", help="data and results (default ./workspace)")
     parser.add_argument("-n", "--num-images", type=int, default=300, help="demo images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-j", "--workers", type=int, default=None, help="parallel processes (default: CPU count)")

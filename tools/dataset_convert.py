@@ -4,9 +4,13 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from taoflow.datasets.tfrecords import add_cli_arguments, run_cli
-from taoflow.errors import TaoflowError
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from taoflow.datasets.tfrecords import add_cli_arguments, run_cli  # noqa: E402
+from taoflow.errors import TaoflowError  # noqa: E402
 
 
 def main(argv=None):

@@ -28,7 +28,8 @@ def generate(out_dir: Path):
 def stale_files():
     with tempfile.TemporaryDirectory() as tmp:
         names = generate(Path(tmp))
-        return [n for n in names if not (PROTO_DIR / n).exists() or not filecmp.cmp(Path(tmp) / n, PROTO_DIR / n, shallow=False)]
+        return [n for n in names
+                if not (PROTO_DIR / n).exists() or not filecmp.cmp(Path(tmp) / n, PROTO_DIR / n, shallow=False)]
 
 
 def main(argv=None):

@@ -68,6 +68,7 @@ def read_records(path, verify=True):
             data_crc = f.read(4)
             if len(payload) != length or len(data_crc) != 4:
                 raise ValueError(f"{path}: truncated record")
-            if verify and (len_crc != masked_crc32c(header) or struct.unpack("<I", data_crc)[0] != masked_crc32c(payload)):
+            crc_ok = len_crc == masked_crc32c(header) and struct.unpack("<I", data_crc)[0] == masked_crc32c(payload)
+            if verify and not crc_ok:
                 raise ValueError(f"{path}: CRC mismatch")
             yield payload

@@ -67,7 +67,8 @@ def validate_dataset_export(raw, text, path, require_mapping=True):
             chk.fail(f"{p}.image_extension", f"must start with a dot, e.g. \".jpg\"; got {k.image_extension!r}")
         if k.partition_mode == "random":
             if k.num_partitions != 2:
-                chk.fail(f"{p}.num_partitions", f"random partitioning needs exactly 2 partitions, got {k.num_partitions}")
+                chk.fail(f"{p}.num_partitions",
+                         f"random partitioning needs exactly 2 partitions, got {k.num_partitions}")
             if not 0 <= k.val_split < 100:
                 chk.fail(f"{p}.val_split", f"must satisfy 0 <= val_split < 100 (a percentage), got {k.val_split:g}")
         elif k.partition_mode == "sequence":
