@@ -1,0 +1,1 @@
+"""taoflow native backend: TAO SSD specs and CLI on PyTorch (executor B)."""

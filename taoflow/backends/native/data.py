@@ -1,0 +1,219 @@
+"""Training data: TAO TFRecords decoded once into a fixed-size cache, augmented per batch on the training device.
+
+TAO resizes every image to the network input without keeping the aspect ratio, so caching each image stretched to a
+fixed size (a multiple of the input) changes nothing geometrically: boxes stay normalised. Decoding once instead of
+per epoch is what keeps a GPU fed (a 1080p JPEG decodes at ~30 images/s per core). Augmentation follows TAO's SSD
+chain (cv/ssd/builders/dalipipeline_builder.py, data_augmentation_chain_original_ssd.py): photometric jitter only
+when the spec sets it, zoom-out with probability 0.5 up to zoom_out_max_scale, SSD random crop with minimum-IoU
+choices {none, 0, 0.1, 0.3, 0.5, 0.7, 0.9}, resize, horizontal flip with probability random_flip. Crop, zoom-out,
+resize and flip are one affine map per image, applied to the whole batch with a single grid_sample.
+"""
+
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...datasets.tfrecord_io import read_records
+from ...errors import DataError
+from ...spec.protos import tf_example_pb2
+
+CROP_MIN_IOUS = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # None = keep the whole image
+CROP_TRIALS = 50
+
+
+@dataclass
+class DetectionCache:
+    images: torch.Tensor  # uint8 (N, C, Hc, Wc)
+    boxes: list  # per image float32 (K, 4) normalised corners
+    labels: list  # per image int64 (K,) 1-based class ids
+    difficult: list  # per image bool (K,)
+    ids: list  # frame ids
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def _decode(args):
+    encoded, cache_hw, channels = args
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    img = cv2.imdecode(np.frombuffer(encoded, np.uint8), flag)
+    if img is None:
+        return None
+    img = cv2.resize(img, (cache_hw[1], cache_hw[0]), interpolation=cv2.INTER_AREA)
+    return img[None] if channels == 1 else img.transpose(2, 0, 1)
+
+
+def tfrecord_files(pattern):
+    files = sorted(f for f in glob.glob(pattern) if not os.path.basename(f).startswith("idx-")
+                   and not f.endswith(".json"))
+    if not files:
+        raise DataError(f"no TFRecord files match tfrecords_path {pattern!r}")
+    return files
+
+
+def load_tfrecords(patterns, cache_hw, channels=3, include_difficult=True, workers=None):
+    """Read every record of the given tfrecords_path globs and decode the images once."""
+    examples = []
+    for pattern in patterns:
+        for path in tfrecord_files(pattern):
+            for payload in read_records(path):
+                ex = tf_example_pb2.Example.FromString(payload)
+                examples.append((path, ex.features.feature))
+    if not examples:
+        raise DataError(f"the TFRecords matching {patterns} hold no images")
+    boxes, labels, difficult, ids, jobs = [], [], [], [], []
+    for _path, f in examples:
+        coords = [np.asarray(f[k].float_list.value, np.float32) for k in
+                  ("target/coordinates_x1", "target/coordinates_y1", "target/coordinates_x2", "target/coordinates_y2")]
+        b = np.stack(coords, 1) if len(coords[0]) else np.zeros((0, 4), np.float32)
+        lab = np.asarray(f["target/object_class_id"].float_list.value, np.float32).astype(np.int64)
+        diff = np.asarray(f["target/occlusion"].int64_list.value, np.int64) != 0
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        if not include_difficult:
+            keep &= ~diff
+        boxes.append(np.clip(b[keep], 0, 1))
+        labels.append(lab[keep])
+        difficult.append(diff[keep])
+        ids.append(f["frame/id"].bytes_list.value[0].decode("utf-8", "replace"))
+        jobs.append((f["frame/encoded"].bytes_list.value[0], cache_hw, channels))
+    # cv2 releases the GIL while decoding, so threads scale without copying bytes between processes.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(_decode, jobs, chunksize=16))
+    for (path, _), frame, img in zip(examples, ids, decoded):
+        if img is None:
+            raise DataError(f"cannot decode image {frame!r} stored in {path}")
+    images = torch.from_numpy(np.stack(decoded))
+    return DetectionCache(images, boxes, labels, difficult, ids)
+
+
+def _box_iou_np(a, b):
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def sample_view(rng, boxes, aug):
+    """Choose one image's view as a window in image-normalised coordinates (may exceed [0,1] when zooming out).
+
+    Returns (window [x0, y0, x1, y1], keep mask over boxes, flip).
+    """
+    window = np.array([0.0, 0.0, 1.0, 1.0])
+    if aug.zoom_out_max_scale > 1 and rng.random() < 0.5:
+        s = rng.uniform(aug.zoom_out_min_scale, aug.zoom_out_max_scale)
+        left, top = -rng.random() * (s - 1), -rng.random() * (s - 1)
+        window = np.array([left, top, left + s, top + s])
+    keep = np.ones(len(boxes), bool)
+    min_iou = CROP_MIN_IOUS[rng.integers(len(CROP_MIN_IOUS))]
+    if min_iou is not None:
+        span = window[2:] - window[:2]
+        for _ in range(CROP_TRIALS):
+            scale = rng.uniform(aug.random_crop_min_scale, aug.random_crop_max_scale)
+            ar = rng.uniform(aug.random_crop_min_ar, aug.random_crop_max_ar)
+            w, h = scale * np.sqrt(ar), scale / np.sqrt(ar)
+            if w > 1 or h > 1:
+                continue
+            x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            crop = window[:2].tolist() * 2 + np.array([x0, y0, x0 + w, y0 + h]) * np.tile(span, 2)
+            if len(boxes) == 0:
+                window = crop
+                break
+            centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+            inside = np.all((centers > crop[:2]) & (centers < crop[2:]), 1)
+            if not inside.any() or _box_iou_np(boxes, crop[None])[:, 0].max() < min_iou:
+                continue
+            window, keep = crop, inside
+            break
+    flip = rng.random() < aug.random_flip
+    return window, keep, flip
+
+
+def view_boxes(boxes, window, flip):
+    """Boxes as seen through the window, clipped to it, in the output's normalised coordinates."""
+    size = np.tile(window[2:] - window[:2], 2)
+    out = np.clip((boxes - np.tile(window[:2], 2)) / size, 0, 1)
+    if flip:
+        out = np.stack([1 - out[:, 2], out[:, 1], 1 - out[:, 0], out[:, 3]], 1)
+    return out.astype(np.float32)
+
+
+def photometric(images, rng, aug):
+    """TAO's DALI colour jitter, only for the factors the spec sets (0 = off); images float BGR 0..255, (B,3,H,W)."""
+    B = images.shape[0]
+    dev = images.device
+    if aug.brightness:
+        delta = torch.tensor(rng.uniform(-aug.brightness, aug.brightness, B), dtype=images.dtype, device=dev)
+        images = images + delta[:, None, None, None]
+    if aug.contrast:
+        f = torch.tensor(rng.uniform(1 - aug.contrast, 1 + aug.contrast, B), dtype=images.dtype, device=dev)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = (images - mean) * f[:, None, None, None] + mean
+    if aug.saturation and images.shape[1] == 3:
+        f = torch.tensor(rng.uniform(1 - aug.saturation, 1 + aug.saturation, B), dtype=images.dtype, device=dev)
+        gray = (0.114 * images[:, 0] + 0.587 * images[:, 1] + 0.299 * images[:, 2])[:, None]
+        images = (images - gray) * f[:, None, None, None] + gray
+    if aug.hue and images.shape[1] == 3:
+        # Rotate chroma in YIQ space: a cheap, differentiable-free hue shift by up to `hue` degrees.
+        theta = torch.tensor(np.deg2rad(rng.uniform(-aug.hue, aug.hue, B)), dtype=images.dtype, device=dev)
+        bgr = images
+        r, g, b = bgr[:, 2], bgr[:, 1], bgr[:, 0]
+        y = 0.299 * r + 0.587 * g + 0.114 * b
+        i = 0.596 * r - 0.274 * g - 0.322 * b
+        q = 0.211 * r - 0.523 * g + 0.312 * b
+        c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+        i, q = i * c - q * s, i * s + q * c
+        images = torch.stack([y - 1.106 * i + 1.703 * q, y - 0.272 * i - 0.647 * q, y + 0.956 * i + 0.621 * q], 1)
+    return images.clamp(0, 255)
+
+
+def render_batch(cache_images, windows, flips, out_hw, mean, device):
+    """Crop/zoom/flip/resize a batch of cached uint8 images with one affine grid_sample; subtract the mean."""
+    src = cache_images.to(device, non_blocking=True).float()
+    B = src.shape[0]
+    w = torch.tensor(np.asarray(windows), dtype=torch.float32, device=device)
+    size = w[:, 2:] - w[:, :2]
+    theta = torch.zeros(B, 2, 3, device=device)
+    sign = torch.tensor([-1.0 if f else 1.0 for f in flips], device=device)
+    theta[:, 0, 0] = size[:, 0] * sign
+    theta[:, 0, 2] = 2 * w[:, 0] + size[:, 0] - 1
+    theta[:, 1, 1] = size[:, 1]
+    theta[:, 1, 2] = 2 * w[:, 1] + size[:, 1] - 1
+    grid = F.affine_grid(theta, (B, src.shape[1], out_hw[0], out_hw[1]), align_corners=False)
+    m = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
+    # Subtract the mean before sampling so the zoom-out canvas (zero padding) is filled with the mean colour.
+    return F.grid_sample(src - m, grid, mode="bilinear", padding_mode="zeros", align_corners=False), m
+
+
+def make_batch(cache, indices, rng, aug, out_hw, mean, device, train=True):
+    """(images (B,C,H,W) mean-subtracted float, gt boxes (B,G,4), labels (B,G), valid (B,G)) on device."""
+    windows, flips, boxes, labels = [], [], [], []
+    for i in indices:
+        if train:
+            window, keep, flip = sample_view(rng, cache.boxes[i], aug)
+        else:
+            window, keep, flip = np.array([0.0, 0.0, 1.0, 1.0]), np.ones(len(cache.boxes[i]), bool), False
+        b = view_boxes(cache.boxes[i][keep], window, flip)
+        ok = (b[:, 2] - b[:, 0] > 1e-4) & (b[:, 3] - b[:, 1] > 1e-4)
+        windows.append(window)
+        flips.append(flip)
+        boxes.append(b[ok])
+        labels.append(cache.labels[i][keep][ok])
+    images, m = render_batch(cache.images[list(indices)], windows, flips, out_hw, mean, device)
+    if train and (aug.brightness or aug.contrast or aug.saturation or aug.hue):
+        images = photometric(images + m, rng, aug) - m
+    G = max(1, max(len(b) for b in boxes))
+    gt = torch.zeros(len(indices), G, 4)
+    lab = torch.zeros(len(indices), G, dtype=torch.long)
+    valid = torch.zeros(len(indices), G, dtype=torch.bool)
+    for k, (b, lb) in enumerate(zip(boxes, labels)):
+        gt[k, :len(b)] = torch.from_numpy(b)
+        lab[k, :len(b)] = torch.from_numpy(lb)
+        valid[k, :len(b)] = True
+    return images, gt.to(device), lab.to(device), valid.to(device)

@@ -1,0 +1,205 @@
+"""`ssd train`: TAO's SSD training on PyTorch.
+
+Same spec, same outputs as TAO 5 (cv/ssd/scripts/train.py): weights/ssd_<arch><n>_epoch_XXX.pth every
+checkpoint_interval epochs, ssd_training_log_<arch><n>.csv (epoch, AP_<class>..., loss, lr, mAP, validation_loss;
+NaN where not evaluated), status.json lines, validation every validation_period_during_training epochs. SGD with
+momentum 0.9 (TAO's SSD ignores the spec's optimizer), soft-start/annealing learning rate updated per batch, the
+spec's L1/L2 regulariser on conv kernels. `-m ckpt --initial_epoch N` resumes with optimizer state and the same
+data order, so an interrupted run ends with the same weights as an uninterrupted one (bit-exact on CPU).
+"""
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import TaoflowError
+from ...spec import load_experiment, render
+from ...status import StatusLogger
+from .box_coder import encode, match
+from .build import (anchors_for, build_model, iterations_per_epoch, regularization, soft_start_annealing_lr)
+from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint, save_checkpoint
+from .data import load_tfrecords, make_batch
+from .loss import ssd_loss
+
+log = logging.getLogger(__name__)
+CACHE_SCALE = 1.5  # cached images are 1.5x the network input: crops keep detail without holding full frames
+
+
+def pick_device(gpus=1, gpu_index=None):
+    if torch.cuda.is_available() and gpus > 0:
+        return torch.device(f"cuda:{(gpu_index or [0])[0]}")
+    return torch.device("cpu")
+
+
+def weights_name(spec, epoch):
+    s = spec.ssd
+    prefix = "dssd" if spec.is_dssd else "ssd"
+    return f"{prefix}_{s.arch}{s.nlayers if s.arch in ('resnet', 'vgg', 'darknet') else ''}_epoch_{epoch:03d}.pth"
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+
+
+def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gpu_index=None, use_amp=False,
+          device=None, max_iterations=None, evaluate_fn=None):
+    """Train per the spec; return a dict with the final checkpoint path and per-epoch metrics."""
+    spec = load_experiment(spec_path, task="train")
+    results = Path(results_dir)
+    (results / "weights").mkdir(parents=True, exist_ok=True)
+    status = StatusLogger(results, append=initial_epoch > 1)
+    status.write("Starting SSD training.", status="STARTED")
+    tc = spec.effective.training_config
+    seed = spec.effective.random_seed
+    seed_everything(seed)
+    device = torch.device(device) if device else pick_device(gpus, gpu_index)
+
+    model, arch = build_model(spec)
+    optimizer_state, start_step = None, 0
+    if resume_model:
+        state = load_checkpoint(resume_model)
+        check_matches_spec(state, arch, resume_model)
+        model = build_from_checkpoint(state)  # keeps a pruned checkpoint's widths
+        if initial_epoch > 1:
+            optimizer_state, start_step = state.get("optimizer"), state.get("global_step") or 0
+            if optimizer_state is None:
+                raise TaoflowError(f"{resume_model} has no optimizer state; resume needs a training checkpoint")
+    elif initial_epoch > 1:
+        raise TaoflowError("--initial_epoch > 1 needs -m with the checkpoint to resume from")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    _freeze(model, spec)
+
+    c, h, w = arch["input"]
+    anchors = anchors_for(spec, arch["nlayers"]).to(device)
+    sources = [s.tfrecords_path for s in spec.effective.dataset_config.data_sources if s.tfrecords_path]
+    if not sources:
+        raise TaoflowError("the native backend trains from TFRecords: set dataset_config.data_sources.tfrecords_path")
+    t0 = time.time()
+    data = load_tfrecords(sources, (round(h * CACHE_SCALE), round(w * CACHE_SCALE)), c,
+                          spec.effective.dataset_config.include_difficult_in_training)
+    log.info("decoded %d training images in %.1f s", len(data), time.time() - t0)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+    iters = iterations_per_epoch(len(data), tc.batch_size_per_gpu, gpus)
+    total_steps = tc.num_epochs * iters
+    schedule = tc.learning_rate.soft_start_annealing_schedule
+    reg_type, reg_weight = tc.regularizer.type, tc.regularizer.weight
+    mean = spec.image_mean()
+    ssd_cfg = spec.ssd
+    csv_path = results / f"ssd_training_log_{ssd_cfg.arch}{ssd_cfg.nlayers}.csv"
+    history = _read_history(csv_path) if initial_epoch > 1 else []
+    (results / "experiment_spec.txt").write_text(render(spec.raw))
+
+    step, last_ckpt, lr = start_step, None, 0.0
+    period = spec.effective.eval_config.validation_period_during_training
+    for epoch in range(initial_epoch, tc.num_epochs + 1):
+        model.train()
+        _freeze_bn(model, spec)
+        epoch_rng = np.random.default_rng([seed, epoch])  # data order and augmentation depend only on seed+epoch
+        order = epoch_rng.permutation(len(data))
+        t_epoch, losses = time.time(), []
+        for it in range(iters):
+            if max_iterations is not None and step >= max_iterations:
+                break
+            idx = order[it * tc.batch_size_per_gpu:(it + 1) * tc.batch_size_per_gpu]
+            if len(idx) == 0:
+                break
+            images, gt, labels, valid = make_batch(data, idx, epoch_rng, spec.effective.augmentation_config, (h, w),
+                                                   mean, device)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            lr = soft_start_annealing_lr(step, total_steps, schedule, gpus)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.no_grad():
+                target_labels, matched = match(anchors, gt, labels, valid, ssd_cfg.pos_iou_thresh,
+                                               ssd_cfg.neg_iou_thresh)
+                target_offsets = encode(matched, anchors, spec.variances)
+            with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                                enabled=use_amp):
+                conf, loc = model(images)
+            loss, _, _ = ssd_loss(conf, loc, target_labels, target_offsets, ssd_cfg.neg_pos_ratio, ssd_cfg.alpha)
+            reg = regularization(model, reg_type, reg_weight)
+            total = loss + reg if reg is not None else loss
+            if not torch.isfinite(total):
+                raise TaoflowError(f"training diverged at epoch {epoch}, step {step} (loss {total.item()}); "
+                                   "lower max_learning_rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(total.item())
+            step += 1
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan, "lr": lr}
+        if evaluate_fn is not None and period and epoch % period == 0:
+            metrics.update(evaluate_fn(model, spec, anchors, device))
+        history.append(metrics)
+        _write_csv(csv_path, history, spec.classes)
+        if epoch % tc.checkpoint_interval == 0 or epoch == tc.num_epochs:
+            last_ckpt = results / "weights" / weights_name(spec, epoch)
+            save_checkpoint(last_ckpt, model, arch, spec.classes, epoch=epoch, optimizer=optimizer,
+                            global_step=step, spec_text=render(spec.raw))
+        elapsed = time.time() - t_epoch
+        status.write("Training loop in progress", epoch=epoch, max_epoch=tc.num_epochs,
+                     time_per_epoch=f"{elapsed:.2f}s", eta=f"{elapsed * (tc.num_epochs - epoch):.0f}s",
+                     graphical={k: v for k, v in metrics.items() if k in ("loss", "mAP", "validation_loss")})
+        log.info("epoch %d/%d loss %.4f lr %.2e %s(%.1f s)", epoch, tc.num_epochs, metrics["loss"], lr,
+                 f"mAP {metrics['mAP']:.4f} " if "mAP" in metrics else "", elapsed)
+        if max_iterations is not None and step >= max_iterations:
+            break
+    status.write("Training finished successfully.", status="SUCCESS")
+    return {"checkpoint": str(last_ckpt) if last_ckpt else None, "history": history, "steps": step}
+
+
+def _freeze(model, spec):
+    """freeze_blocks: 0 = conv1, 1..4 = ResNet blocks (TAO's numbering); frozen layers get no gradient."""
+    for b in spec.ssd.freeze_blocks:
+        mods = [model.conv1, model.bn_conv1] if b == 0 else [m for n, m in model.blocks.items()
+                                                              if n.startswith(f"block_{b}")]
+        for m in mods:
+            for p in m.parameters():
+                p.requires_grad_(False)
+    if spec.ssd.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+
+def _freeze_bn(model, spec):
+    if spec.ssd.freeze_bn:  # frozen BN also keeps its running statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
+
+def _write_csv(path, history, classes):
+    cols = ["epoch"] + sorted([f"AP_{c}" for c in classes] + ["loss", "lr", "mAP", "validation_loss"])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(cols)
+        for row in history:
+            writer.writerow([row.get(col, math.nan) for col in cols])
+    os.replace(tmp, path)
+
+
+def _read_history(path):
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v not in ("", "nan")} for r in rows]
