@@ -10,6 +10,9 @@ Everything is batched torch so it runs on the training device; GT boxes are norm
 import torch
 
 IGNORE = -1  # label for neutral anchors
+# Largest log size ratio decode accepts (torchvision's bbox_xform_clip): untrained or fp16 outputs can otherwise
+# overflow exp() into inf boxes that poison NMS.
+MAX_LOG_RATIO = 4.135166556742356  # log(1000 / 16)
 
 
 def box_iou(a, b):
@@ -76,5 +79,5 @@ def decode(offsets, anchors, variances):
     v = torch.as_tensor(variances, dtype=offsets.dtype, device=offsets.device)
     ac, awh = _centroids(anchors)
     c = offsets[..., :2] * v[:2] * awh + ac
-    wh = torch.exp(offsets[..., 2:] * v[2:]) * awh
+    wh = torch.exp((offsets[..., 2:] * v[2:]).clamp(max=MAX_LOG_RATIO)) * awh
     return torch.cat([c - wh / 2, c + wh / 2], -1)
