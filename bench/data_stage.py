@@ -2,10 +2,11 @@
 """Data-stage throughput: CRPD -> KITTI -> split -> TFRecords on generated images, against a plain file copy.
 
 All timings come from one run on one machine (these machines are noisy). Every contender reads from a warm page cache
-and is timed until it returns, as a user sees it; each timed section starts after a sync, because this machine's disk
-is slow enough that the deferred writeback of one contender's output otherwise lands on the next one's clock. The plain copy (shutil.copytree of the same images and labels) runs before each stage run; the ratio uses the
-mean of the two copies. Prints images/s of the whole stage, the copy
-time, their ratio (target <= 1.5) and the 1 -> 2 worker speed-up (target >= 1.7), and ends with one line:
+and is timed until it returns, as a user sees it. Each timed section starts after a sync, because this machine's
+disk is slow enough that the deferred writeback of one contender's output otherwise lands on the next one's clock.
+The plain copy (shutil.copytree of the same images and labels) runs before each stage run; the ratio uses the mean
+of the two copies. Prints images/s of the whole stage, the copy time, their ratio (target <= 1.5) and the 1 -> 2
+worker speed-up (target >= 1.7), and ends with one line:
 data_stage_vs_copy=... speedup_2_workers=... images_per_s=...
 """
 

@@ -119,6 +119,8 @@ def run(args):
         return run_cli(args)
     if args.gpu_index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in args.gpu_index)
+    if args.task == "train" and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_distributed(args.gpus)
     if args.task == "train":
         from .train import train
         from .evaluate import validation_fn
@@ -146,6 +148,14 @@ def run(args):
         from .export import export_cli
         return export_cli(args)
     raise AssertionError(args.task)
+
+
+def _relaunch_distributed(gpus):
+    """`--gpus N`: run this same command under torchrun with N processes (TAO used mpirun the same way)."""
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "taoflow.backends.native", *sys.argv[1:]]
+    return subprocess.call(cmd)
 
 
 def main(argv=None):

@@ -92,47 +92,54 @@ def load_tfrecords(patterns, cache_hw, channels=3, include_difficult=True, worke
     return DetectionCache(images, boxes, labels, difficult, ids)
 
 
-def _box_iou_np(a, b):
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+def sample_views(rng, boxes_list, aug):
+    """Choose each image's view as a window in image-normalised coordinates (beyond [0,1] when zooming out).
 
-
-def sample_view(rng, boxes, aug):
-    """Choose one image's view as a window in image-normalised coordinates (may exceed [0,1] when zooming out).
-
-    Returns (window [x0, y0, x1, y1], keep mask over boxes, flip).
+    Vectorised over the batch and the CROP_TRIALS candidate crops, so sampling a batch costs about a millisecond
+    and never starves a GPU. Returns (windows (B,4), keep masks per image, flips (B,)).
     """
-    window = np.array([0.0, 0.0, 1.0, 1.0])
-    if aug.zoom_out_max_scale > 1 and rng.random() < 0.5:
-        s = rng.uniform(aug.zoom_out_min_scale, aug.zoom_out_max_scale)
-        left, top = -rng.random() * (s - 1), -rng.random() * (s - 1)
-        window = np.array([left, top, left + s, top + s])
-    keep = np.ones(len(boxes), bool)
-    min_iou = CROP_MIN_IOUS[rng.integers(len(CROP_MIN_IOUS))]
-    if min_iou is not None:
-        span = window[2:] - window[:2]
-        for _ in range(CROP_TRIALS):
-            scale = rng.uniform(aug.random_crop_min_scale, aug.random_crop_max_scale)
-            ar = rng.uniform(aug.random_crop_min_ar, aug.random_crop_max_ar)
-            w, h = scale * np.sqrt(ar), scale / np.sqrt(ar)
-            if w > 1 or h > 1:
-                continue
-            x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-            crop = window[:2].tolist() * 2 + np.array([x0, y0, x0 + w, y0 + h]) * np.tile(span, 2)
-            if len(boxes) == 0:
-                window = crop
-                break
-            centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-            inside = np.all((centers > crop[:2]) & (centers < crop[2:]), 1)
-            if not inside.any() or _box_iou_np(boxes, crop[None])[:, 0].max() < min_iou:
-                continue
-            window, keep = crop, inside
-            break
-    flip = rng.random() < aug.random_flip
-    return window, keep, flip
+    B = len(boxes_list)
+    windows = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (B, 1))
+    if aug.zoom_out_max_scale > 1:
+        zoom = rng.random(B) < 0.5
+        s = rng.uniform(aug.zoom_out_min_scale, aug.zoom_out_max_scale, B)
+        left, top = -rng.random(B) * (s - 1), -rng.random(B) * (s - 1)
+        zoomed = np.stack([left, top, left + s, top + s], 1)
+        windows[zoom] = zoomed[zoom]
+    min_iou = np.array([-1.0 if v is None else v for v in CROP_MIN_IOUS])[rng.integers(len(CROP_MIN_IOUS), size=B)]
+    scale = rng.uniform(aug.random_crop_min_scale, aug.random_crop_max_scale, (B, CROP_TRIALS))
+    ar = rng.uniform(aug.random_crop_min_ar, aug.random_crop_max_ar, (B, CROP_TRIALS))
+    w, h = scale * np.sqrt(ar), scale / np.sqrt(ar)
+    x0 = rng.random((B, CROP_TRIALS)) * np.clip(1 - w, 0, None)
+    y0 = rng.random((B, CROP_TRIALS)) * np.clip(1 - h, 0, None)
+    span = (windows[:, 2:] - windows[:, :2])[:, None, :]  # crops are drawn inside the (zoomed) canvas
+    crops = np.concatenate([windows[:, None, :2] + np.stack([x0, y0], -1) * span,
+                            windows[:, None, :2] + np.stack([x0 + w, y0 + h], -1) * span], -1)  # (B, T, 4)
+    G = max([len(b) for b in boxes_list] + [1])
+    gt = np.zeros((B, G, 4))
+    has = np.zeros((B, G), bool)
+    for i, b in enumerate(boxes_list):
+        gt[i, :len(b)], has[i, :len(b)] = b, True
+    centers = (gt[..., :2] + gt[..., 2:]) / 2  # (B, G, 2)
+    inside = np.all((centers[:, None] > crops[:, :, None, :2]) & (centers[:, None] < crops[:, :, None, 2:]), -1)
+    inside &= has[:, None, :]  # (B, T, G)
+    lt = np.maximum(gt[:, None, :, :2], crops[:, :, None, :2])
+    rb = np.minimum(gt[:, None, :, 2:], crops[:, :, None, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_g = ((gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1]))[:, None, :]
+    area_c = ((crops[..., 2] - crops[..., 0]) * (crops[..., 3] - crops[..., 1]))[:, :, None]
+    iou = np.where(has[:, None, :], inter / np.maximum(area_g + area_c - inter, 1e-12), -1.0)
+    ok = (w <= 1) & (h <= 1) & ((inside.any(-1) & (iou.max(-1) >= min_iou[:, None])) | ~has.any(-1)[:, None])
+    keeps = []
+    for i, b in enumerate(boxes_list):
+        trials = np.flatnonzero(ok[i])
+        if min_iou[i] >= 0 and trials.size:  # TAO retries up to CROP_TRIALS times, else keeps the whole view
+            windows[i] = crops[i, trials[0]]
+            keeps.append(inside[i, trials[0], :len(b)] if len(b) else np.zeros(0, bool))
+        else:
+            keeps.append(np.ones(len(b), bool))
+    flips = rng.random(B) < aug.random_flip
+    return windows, keeps, flips
 
 
 def view_boxes(boxes, window, flip):
@@ -180,7 +187,7 @@ def render_batch(cache_images, windows, flips, out_hw, mean, device):
     w = torch.tensor(np.asarray(windows), dtype=torch.float32, device=device)
     size = w[:, 2:] - w[:, :2]
     theta = torch.zeros(B, 2, 3, device=device)
-    sign = torch.tensor([-1.0 if f else 1.0 for f in flips], device=device)
+    sign = torch.from_numpy(np.where(np.asarray(flips), -1.0, 1.0).astype(np.float32)).to(device)
     theta[:, 0, 0] = size[:, 0] * sign
     theta[:, 0, 2] = 2 * w[:, 0] + size[:, 0] - 1
     theta[:, 1, 1] = size[:, 1]
@@ -193,27 +200,28 @@ def render_batch(cache_images, windows, flips, out_hw, mean, device):
 
 def make_batch(cache, indices, rng, aug, out_hw, mean, device, train=True):
     """(images (B,C,H,W) mean-subtracted float, gt boxes (B,G,4), labels (B,G), valid (B,G)) on device."""
-    windows, flips, boxes, labels = [], [], [], []
-    for i in indices:
-        if train:
-            window, keep, flip = sample_view(rng, cache.boxes[i], aug)
-        else:
-            window, keep, flip = np.array([0.0, 0.0, 1.0, 1.0]), np.ones(len(cache.boxes[i]), bool), False
+    indices = np.asarray(indices)
+    if train:
+        windows, keeps, flips = sample_views(rng, [cache.boxes[i] for i in indices], aug)
+    else:
+        windows = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(indices), 1))
+        keeps = [np.ones(len(cache.boxes[i]), bool) for i in indices]
+        flips = np.zeros(len(indices), bool)
+    boxes, labels = [], []
+    for i, window, keep, flip in zip(indices, windows, keeps, flips):
         b = view_boxes(cache.boxes[i][keep], window, flip)
         ok = (b[:, 2] - b[:, 0] > 1e-4) & (b[:, 3] - b[:, 1] > 1e-4)
-        windows.append(window)
-        flips.append(flip)
         boxes.append(b[ok])
         labels.append(cache.labels[i][keep][ok])
-    images, m = render_batch(cache.images[list(indices)], windows, flips, out_hw, mean, device)
+    src = cache.images[torch.as_tensor(indices, device=cache.images.device)]
+    images, m = render_batch(src, windows, flips, out_hw, mean, device)
     if train and (aug.brightness or aug.contrast or aug.saturation or aug.hue):
         images = photometric(images + m, rng, aug) - m
     G = max(1, max(len(b) for b in boxes))
-    gt = torch.zeros(len(indices), G, 4)
-    lab = torch.zeros(len(indices), G, dtype=torch.long)
-    valid = torch.zeros(len(indices), G, dtype=torch.bool)
+    gt = np.zeros((len(indices), G, 4), np.float32)
+    lab = np.zeros((len(indices), G), np.int64)
+    valid = np.zeros((len(indices), G), bool)
     for k, (b, lb) in enumerate(zip(boxes, labels)):
-        gt[k, :len(b)] = torch.from_numpy(b)
-        lab[k, :len(b)] = torch.from_numpy(lb)
-        valid[k, :len(b)] = True
-    return images, gt.to(device), lab.to(device), valid.to(device)
+        gt[k, :len(b)], lab[k, :len(b)], valid[k, :len(b)] = b, lb, True
+    return (images, torch.from_numpy(gt).to(device, non_blocking=True),
+            torch.from_numpy(lab).to(device, non_blocking=True), torch.from_numpy(valid).to(device, non_blocking=True))

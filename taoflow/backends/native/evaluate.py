@@ -18,9 +18,8 @@ from ...spec import load_experiment
 from ...status import StatusLogger
 from .ap import APEvaluator, format_table
 from .box_coder import decode, encode, match
-from .build import anchors_for
+from .build import anchors_for, arch_from_spec
 from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint
-from .build import arch_from_spec
 from .kitti_eval_data import load_kitti_eval_data, to_network_input
 from .loss import ssd_loss
 from .nms import eval_predictions, nms_plugin
@@ -75,7 +74,7 @@ def load_validation(spec, image_dir=None, label_dir=None):
     return samples, images
 
 
-def evaluate_model(model, spec, anchors, device, samples=None, images=None, batch_size=None):
+def evaluate_model(model, spec, anchors, device, samples=None, images=None, batch_size=None, table_digits=3):
     """AP per class, mAP and validation loss of a model on the spec's validation data."""
     if samples is None:
         samples, images = load_validation(spec)
@@ -94,8 +93,8 @@ def evaluate_model(model, spec, anchors, device, samples=None, images=None, batc
             boxes = decode(loc.float(), anchors, spec.variances).cpu().numpy()
             scores = torch.softmax(conf.float(), -1).cpu().numpy()
             val_losses.append(_validation_loss(conf, loc, samples[start:start + batch_size], anchors, spec, ssd))
-        nms, keep = nms_plugin(boxes, scores, nc.confidence_threshold, nc.clustering_iou_threshold,
-                               max(nc.top_k, 1), nc.top_k)
+        # Checkpoint evaluation in TAO uses TF's combined NMS: no per-class candidate cap, top_k kept.
+        nms, keep = nms_plugin(boxes, scores, nc.confidence_threshold, nc.clustering_iou_threshold, None, nc.top_k)
         for i, sample in enumerate(samples[start:start + batch_size]):
             pb, ps, pl = eval_predictions(nms, keep, i, w, h)
             gb, gl, gd = to_network_input(sample, w, h)
@@ -106,7 +105,7 @@ def evaluate_model(model, spec, anchors, device, samples=None, images=None, batc
     metrics = {f"AP_{name}": ap for name, ap in aps.items()}
     metrics["mAP"] = float(result["map"])
     metrics["validation_loss"] = float(np.mean(val_losses)) if val_losses else math.nan
-    metrics["table"] = format_table(aps, metrics["mAP"])
+    metrics["table"] = format_table(aps, metrics["mAP"], digits=table_digits)
     metrics["pr"] = {name: (result["precision"][i + 1], result["recall"][i + 1]) for i, name in enumerate(spec.classes)}
     return metrics
 
@@ -131,7 +130,7 @@ def _validation_loss(conf, loc, samples, anchors, spec, ssd):
 
 def validation_fn(model, spec, anchors, device):
     """Called by train() every validation_period_during_training epochs; prints TAO's table."""
-    metrics = evaluate_model(model, spec, anchors, device)
+    metrics = evaluate_model(model, spec, anchors, device, table_digits=5)  # TAO rounds to 5 during training
     print(metrics["table"])
     print(f"Validation loss: {metrics['validation_loss']}")
     return {k: v for k, v in metrics.items() if k not in ("table", "pr")}

@@ -89,8 +89,9 @@ def export_onnx(spec_path, model_path, output_file=None, opset=MAX_OPSET, data_t
                   "scale": 1.0, "resize": "stretch", "dtype": "float32", "dynamic_batch": static_batch_size <= 0},
         "classes": list(spec.classes),
         "output": {"kind": "decoded", "boxes": "boxes", "scores": "scores"},
+        # TAO's exported engines run NMS with topK = 2 * top_k candidates per class and keepTopK = top_k.
         "nms": {"confidence_threshold": nms.confidence_threshold, "iou_threshold": nms.clustering_iou_threshold,
-                "top_k": nms.top_k, "keep_top_k": nms.top_k},
+                "top_k": 2 * nms.top_k, "keep_top_k": nms.top_k},
         "precision": data_type,
         "opset": opset,
         "num_anchors": int(head.anchors.shape[0]),

@@ -22,7 +22,7 @@ from ...errors import TaoflowError
 from ...spec import load_experiment, render
 from ...status import StatusLogger
 from .box_coder import encode, match
-from .build import (anchors_for, build_model, iterations_per_epoch, regularization, soft_start_annealing_lr)
+from .build import anchors_for, build_model, iterations_per_epoch, regularization, soft_start_annealing_lr
 from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint, save_checkpoint
 from .data import load_tfrecords, make_batch
 from .loss import ssd_loss
@@ -43,6 +43,40 @@ def weights_name(spec, epoch):
     return f"{prefix}_{s.arch}{s.nlayers if s.arch in ('resnet', 'vgg', 'darknet') else ''}_epoch_{epoch:03d}.pth"
 
 
+def distributed_context():
+    """(rank, world_size, local_rank) under torchrun, else (0, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train_step(model, optimizer, scaler, batch, anchors, spec, lr, use_amp, device):
+    """One optimisation step exactly as train() runs it; returns the loss tensor (no host sync)."""
+    images, gt, labels, valid = batch
+    ssd_cfg = spec.ssd
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.no_grad():
+        target_labels, matched = match(anchors, gt, labels, valid, ssd_cfg.pos_iou_thresh, ssd_cfg.neg_iou_thresh)
+        target_offsets = encode(matched, anchors, spec.variances)
+    with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                        enabled=use_amp):
+        conf, loc = model(images)
+    loss, _, _ = ssd_loss(conf, loc, target_labels, target_offsets, ssd_cfg.neg_pos_ratio, ssd_cfg.alpha)
+    tc = spec.effective.training_config
+    reg = regularization(model, tc.regularizer.type, tc.regularizer.weight)
+    total = loss + reg if reg is not None else loss
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return total.detach()
+
+
 def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -52,13 +86,20 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
           device=None, max_iterations=None, evaluate_fn=None):
     """Train per the spec; return a dict with the final checkpoint path and per-epoch metrics."""
     spec = load_experiment(spec_path, task="train")
+    rank, world, local_rank = distributed_context()
+    main_process = rank == 0
     results = Path(results_dir)
     (results / "weights").mkdir(parents=True, exist_ok=True)
-    status = StatusLogger(results, append=initial_epoch > 1)
+    status = StatusLogger(results if main_process else None, append=initial_epoch > 1)
     status.write("Starting SSD training.", status="STARTED")
     tc = spec.effective.training_config
     seed = spec.effective.random_seed
     seed_everything(seed)
+    if world > 1:
+        gpus = world
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     device = torch.device(device) if device else pick_device(gpus, gpu_index)
 
     model, arch = build_model(spec)
@@ -87,6 +128,12 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
     data = load_tfrecords(sources, (round(h * CACHE_SCALE), round(w * CACHE_SCALE)), c,
                           spec.effective.dataset_config.include_difficult_in_training)
     log.info("decoded %d training images in %.1f s", len(data), time.time() - t0)
+    if device.type == "cuda":  # keep the decoded images on the GPU: batches are gathered and warped there
+        data.images = data.images.to(device)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
@@ -96,12 +143,12 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
     iters = iterations_per_epoch(len(data), tc.batch_size_per_gpu, gpus)
     total_steps = tc.num_epochs * iters
     schedule = tc.learning_rate.soft_start_annealing_schedule
-    reg_type, reg_weight = tc.regularizer.type, tc.regularizer.weight
     mean = spec.image_mean()
     ssd_cfg = spec.ssd
     csv_path = results / f"ssd_training_log_{ssd_cfg.arch}{ssd_cfg.nlayers}.csv"
     history = _read_history(csv_path) if initial_epoch > 1 else []
-    (results / "experiment_spec.txt").write_text(render(spec.raw))
+    if main_process:
+        (results / "experiment_spec.txt").write_text(render(spec.raw))
 
     step, last_ckpt, lr = start_step, None, 0.0
     period = spec.effective.eval_config.validation_period_during_training
@@ -111,44 +158,31 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
         epoch_rng = np.random.default_rng([seed, epoch])  # data order and augmentation depend only on seed+epoch
         order = epoch_rng.permutation(len(data))
         t_epoch, losses = time.time(), []
+        per_step = tc.batch_size_per_gpu * world
         for it in range(iters):
             if max_iterations is not None and step >= max_iterations:
                 break
-            idx = order[it * tc.batch_size_per_gpu:(it + 1) * tc.batch_size_per_gpu]
+            # Each rank takes its own slice of the same global batch, so world size changes nothing but speed.
+            idx = order[it * per_step:(it + 1) * per_step][rank::world]
             if len(idx) == 0:
                 break
-            images, gt, labels, valid = make_batch(data, idx, epoch_rng, spec.effective.augmentation_config, (h, w),
-                                                   mean, device)
+            batch = make_batch(data, idx, epoch_rng, spec.effective.augmentation_config, (h, w), mean, device)
             if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+                batch = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
             lr = soft_start_annealing_lr(step, total_steps, schedule, gpus)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.no_grad():
-                target_labels, matched = match(anchors, gt, labels, valid, ssd_cfg.pos_iou_thresh,
-                                               ssd_cfg.neg_iou_thresh)
-                target_offsets = encode(matched, anchors, spec.variances)
-            with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                                enabled=use_amp):
-                conf, loc = model(images)
-            loss, _, _ = ssd_loss(conf, loc, target_labels, target_offsets, ssd_cfg.neg_pos_ratio, ssd_cfg.alpha)
-            reg = regularization(model, reg_type, reg_weight)
-            total = loss + reg if reg is not None else loss
-            if not torch.isfinite(total):
-                raise TaoflowError(f"training diverged at epoch {epoch}, step {step} (loss {total.item()}); "
-                                   "lower max_learning_rate")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(total.item())
+            total = train_step(net, optimizer, scaler, batch, anchors, spec, lr, use_amp, device)
+            losses.append(total)
             step += 1
+        losses = [v.item() for v in losses]
+        if any(not math.isfinite(v) for v in losses):
+            raise TaoflowError(f"training diverged in epoch {epoch} (loss {losses}); lower max_learning_rate")
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan, "lr": lr}
-        if evaluate_fn is not None and period and epoch % period == 0:
+        if main_process and evaluate_fn is not None and period and epoch % period == 0:
             metrics.update(evaluate_fn(model, spec, anchors, device))
         history.append(metrics)
-        _write_csv(csv_path, history, spec.classes)
-        if epoch % tc.checkpoint_interval == 0 or epoch == tc.num_epochs:
+        if main_process:
+            _write_csv(csv_path, history, spec.classes)
+        if main_process and (epoch % tc.checkpoint_interval == 0 or epoch == tc.num_epochs):
             last_ckpt = results / "weights" / weights_name(spec, epoch)
             save_checkpoint(last_ckpt, model, arch, spec.classes, epoch=epoch, optimizer=optimizer,
                             global_step=step, spec_text=render(spec.raw))
@@ -158,6 +192,8 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
                      graphical={k: v for k, v in metrics.items() if k in ("loss", "mAP", "validation_loss")})
         log.info("epoch %d/%d loss %.4f lr %.2e %s(%.1f s)", epoch, tc.num_epochs, metrics["loss"], lr,
                  f"mAP {metrics['mAP']:.4f} " if "mAP" in metrics else "", elapsed)
+        if world > 1:
+            torch.distributed.barrier()
         if max_iterations is not None and step >= max_iterations:
             break
     status.write("Training finished successfully.", status="SUCCESS")
