@@ -59,15 +59,15 @@ def load_validation(spec, image_dir=None, label_dir=None):
         if s.image_directory_path and s.label_directory_path]
     if not pairs:
         raise TaoflowError(f"{spec.path}: no validation_data_sources with image and label directories")
-    key = (tuple(pairs), tuple(dc.target_class_mapping.items()))
+    c, h, w = arch_from_spec(spec)["input"]
+    mean = spec.image_mean()
+    key = (tuple(pairs), tuple(sorted(dc.target_class_mapping.items())), (c, h, w), tuple(mean))
     if key in _VAL_CACHE:
         return _VAL_CACHE[key]
     samples = []
     for img_dir, lbl_dir in pairs:
         _, s = load_kitti_eval_data(img_dir, lbl_dir, dict(dc.target_class_mapping))
         samples.extend(s)
-    c, h, w = arch_from_spec(spec)["input"]
-    mean = spec.image_mean()
     images = np.stack([preprocess(read_image(s.image_path), c, h, w, mean) for s in samples])
     _VAL_CACHE.clear()  # keep one validation set in memory
     _VAL_CACHE[key] = (samples, images)
