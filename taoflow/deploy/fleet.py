@@ -1,0 +1,270 @@
+"""Fleet operations as plain functions a flow can call: probe, group, deploy one device, roll back, status.
+
+Each operation has an async form (`a...`) and a blocking wrapper of the same name without the `a`. Results are
+JSON-ready dicts; per-device failures come back as DeployError values in the result maps of the fleet-wide
+functions (`probe_all`, `deploy_all`, `fleet_status`) so one bad device never hides the others' results.
+
+A deploy never touches `current` until the new version passed its smoke test on that device: upload to
+staging/, build, smoke, then `activate` renames staging into models/ and switches `current` atomically. Any
+failure before that leaves the previous model running and the staged copy deleted.
+"""
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .agent import agent_items, call, ship_agent
+from .errors import DeployError, UploadError
+from .locks import device_lock
+from .package import Package, load_package
+from .ssh import Session, with_retries
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the agent's rule for model names and versions
+DISK_MARGIN_MB = 32  # smoke.json, build.json, passport and filesystem slack on top of the package itself
+
+
+def run_sync(coro):
+    """Run a coroutine from blocking code; inside a running event loop call the `a...` function instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise RuntimeError("called from a running event loop: await the async variant (a...) instead")
+
+
+async def for_each(devices, fn, concurrency=8):
+    """{device name: fn(device) result or its DeployError}, at most `concurrency` devices at a time."""
+    limit = asyncio.Semaphore(max(1, int(concurrency)))
+
+    async def one(device):
+        async with limit:
+            try:
+                return device.name, await fn(device)
+            except DeployError as e:
+                return device.name, e
+
+    return dict(await asyncio.gather(*(one(d) for d in devices)))
+
+
+# --- probe and engine-compatibility groups -------------------------------------------------------------------
+
+async def aprobe(device, retries=4):
+    """The agent's probe report of one device, plus `transfer`: what shipping the agent cost."""
+    async with device_lock(device), Session(device) as s:
+        sent = await with_retries(s, lambda: ship_agent(s), retries)
+        report = await with_retries(s, lambda: call(s, "probe"), retries)
+        report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent}
+        return report
+
+
+async def aprobe_all(devices, concurrency=8):
+    return await for_each(devices, aprobe, concurrency)
+
+
+def probe_all(devices, concurrency=8):
+    return run_sync(aprobe_all(devices, concurrency))
+
+
+def engine_key(probe, package):
+    """What must be equal for two devices to share one built engine (or, without TensorRT, one verified model).
+
+    TensorRT engines are tied to the TensorRT version, the GPU architecture and the plugin library build (NMS and
+    BatchTile come from a TRT-OSS rebuild on JetPack 4); L4T pins the CUDA/cuDNN underneath. ONNX Runtime devices
+    share a key per onnxruntime version and CPU architecture.
+    """
+    if "tensorrt" in (probe.get("runtimes") or []):
+        key = {"runtime": "tensorrt", "runtime_version": probe.get("tensorrt"),
+               "l4t": (probe.get("l4t") or {}).get("release"),
+               "plugin_sha256": (probe.get("nvinfer_plugin") or {}).get("sha256"),
+               "gpu_cc": (probe.get("gpu") or {}).get("compute_capability")}
+    elif "onnxruntime" in (probe.get("runtimes") or []):
+        ort = (probe.get("modules") or {}).get("onnxruntime") or {}
+        key = {"runtime": "onnxruntime", "runtime_version": ort.get("version"), "machine": probe.get("machine")}
+    else:
+        key = {"runtime": None}
+    key.update(precision=package.precision, input_shape=package.input_shape, model_sha256=package.model_sha256)
+    return key
+
+
+def engine_key_id(key):
+    return "ek-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Group:
+    id: str
+    key: dict
+    devices: list = field(default_factory=list)
+
+
+def group_by_engine_key(probes, package):
+    """{group id: Group} over the devices whose probe succeeded; failed probes (DeployError values) are skipped."""
+    package = package if isinstance(package, Package) else load_package(package)
+    groups = {}
+    for name in sorted(probes):
+        probe = probes[name]
+        if isinstance(probe, Exception):
+            continue
+        key = engine_key(probe, package)
+        gid = engine_key_id(key)
+        groups.setdefault(gid, Group(gid, key)).devices.append(name)
+    return groups
+
+
+# --- deploy --------------------------------------------------------------------------------------------------
+
+def staging_path(device, name, version):
+    return f"{device.device_root}/staging/{name}/{version}"
+
+
+async def ship(session, package, staging, engine=None, progress=None):
+    """Send agent + package (+ a prebuilt engine: (path, sha256)) to the device, skipping files already there.
+
+    Refuses up front when the device root lacks the space (a full disk mid-upload would fail anyway, later and
+    with OpenSSH's bare "Failure"). Returns the number of files sent.
+    """
+    items = agent_items(session.device) + [(f.path, f"{staging}/{f.rel}", f.sha256) for f in package.files]
+    if engine is not None:
+        items.append((engine[0], f"{staging}/model.engine", engine[1]))
+    dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
+    have, free = await session.prepare(dirs, [remote for _, remote, _ in items])
+    need_mb = sum(Path(p).stat().st_size for p, r, d in items if have.get(r) != d) / (1 << 20) + DISK_MARGIN_MB
+    if free is not None and free < need_mb:
+        raise UploadError(f"device disk full: {free} MiB free under {session.device.device_root}, the upload needs "
+                          f"{need_mb:.0f} MiB; remove old versions or lower `keep`", session.device.name)
+    try:
+        return await session.upload_files(items, have, progress)
+    except DeployError as e:
+        if getattr(e, "retryable", False) or isinstance(e, UploadError):
+            raise
+        _, free = await session.prepare([], [])
+        hint = f"; {free} MiB free on the device: disk full?" if free is not None and free < need_mb else ""
+        raise UploadError(f"upload failed: {e.reason}{hint}", session.device.name) from None
+
+
+async def adeploy_to_device(device, package, *, name, version=None, wave=None, keep=3, build=True, engine=None,
+                            etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20):
+    """Ship agent + package, build, smoke, activate. Returns a result dict.
+
+    Fan-out to the rest of an engine-key group after its canary: `engine` = (local path, sha256) of the engine
+    the canary built (fetched with afetch_engine) is uploaded as model.engine and the build is skipped; for
+    ONNX Runtime groups, whose canary build only verified the model, pass build=False. Either way the smoke
+    test then proves the model loads and is right on this device. `etlt_key` goes to the device
+    on stdin only. On failure the staged copy is discarded and `current` is what it was.
+    `on_step(device name, step)` is called as each step starts: ship, build, smoke, activate (flow logging).
+    """
+    package = package if isinstance(package, Package) else load_package(package)
+    version = version or package.version
+    for kind, value in (("model name", name), ("version", version)):
+        if not NAME_RE.match(value or ""):  # both become remote paths: nothing may climb out of the root
+            raise DeployError(f"{kind} {value!r} must be 1-128 characters of A-Z a-z 0-9 . _ - (not starting with "
+                              f"a . _ or -)", device.name)
+    started = time.monotonic()
+    ids = ["--name", name, "--version", version]
+    async with device_lock(device), Session(device) as s:
+        def again(op):
+            return with_retries(s, op, retries)
+
+        def step(name_of_step):
+            if on_step is not None:
+                on_step(device.name, name_of_step)
+
+        models = f"{device.device_root}/models/{name}"
+        previous = await again(lambda: s.readlink(f"{models}/current"))
+        try:
+            step("ship")
+            uploaded = await again(lambda: ship(s, package, staging_path(device, name, version), engine, progress))
+            step("build")
+            if engine is None and build:
+                # --lock-wait: after a dropped connection the first build may still run; the retry waits for it.
+                built = await again(lambda: call(
+                    s, "build", *ids, "--timeout", str(int(device.build_timeout)), "--lock-wait",
+                    str(int(device.build_timeout)), timeout=2 * device.build_timeout + 60, etlt_key=etlt_key))
+            elif engine is not None:
+                built = {"runtime": "prebuilt", "engine_sha256": engine[1]}
+            else:
+                built = {"runtime": "skipped"}
+            step("smoke")
+            smoke = await again(lambda: call(s, "smoke", *ids, "--iterations", str(smoke_iterations)))
+            step("activate")
+            wave_args = [] if wave is None else ["--wave", str(wave)]
+            after = await again(lambda: call(s, "activate", *ids, "--keep", str(keep), *wave_args))
+        except DeployError:
+            with suppress(DeployError):
+                await call(s, "discard", *ids)
+            raise
+        bytes_sent = s.bytes_sent
+    state = after["models"][name]
+    current = next(v for v in state["versions"] if v["version"] == state["current"])
+    return {"device": device.name, "name": name, "version": version, "wave": wave, "previous": previous,
+            "current": state["current"], "passport": current["passport"], "build": built,
+            "smoke": {k: smoke.get(k) for k in ("passed", "runtime", "runtime_version", "fps", "latency_ms")},
+            "files_uploaded": uploaded, "bytes_uploaded": bytes_sent,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def deploy_to_device(device, package, **kwargs):
+    return run_sync(adeploy_to_device(device, package, **kwargs))
+
+
+async def adeploy_all(devices, package, *, name, concurrency=8, **kwargs):
+    package = package if isinstance(package, Package) else load_package(package)
+    return await for_each(devices, lambda d: adeploy_to_device(d, package, name=name, **kwargs), concurrency)
+
+
+def deploy_all(devices, package, *, name, concurrency=8, **kwargs):
+    """Deploy to every device at once (no canary, no waves): {device: result dict or DeployError}."""
+    return run_sync(adeploy_all(devices, package, name=name, concurrency=concurrency, **kwargs))
+
+
+# --- rollback, status, engine fetch --------------------------------------------------------------------------
+
+async def arollback_device(device, name, to=None, retries=4):
+    """Switch `current` back: to `to`, or to the version before it. Only the explicit form is retried, because
+    repeating a plain rollback after a dropped reply would go back two versions."""
+    async with device_lock(device), Session(device) as s:
+        await with_retries(s, lambda: ship_agent(s), retries)
+        args = ["--name", name] + ([] if to is None else ["--to", to])
+        result = await with_retries(s, lambda: call(s, "rollback", *args), retries if to else 1)
+    state = result["models"][name]
+    return {"device": device.name, "name": name, "rolled_back_from": result["rolled_back_from"],
+            "current": state["current"]}
+
+
+def rollback_device(device, name, to=None):
+    return run_sync(arollback_device(device, name, to))
+
+
+async def astatus(device, name=None, retries=4):
+    async with Session(device) as s:
+        await with_retries(s, lambda: ship_agent(s), retries)
+        args = [] if name is None else ["--name", name]
+        return (await with_retries(s, lambda: call(s, "status", *args), retries))["models"]
+
+
+async def afleet_status(devices, name=None, concurrency=8):
+    return await for_each(devices, lambda d: astatus(d, name), concurrency)
+
+
+def fleet_status(devices, name=None, concurrency=8):
+    """{device: {model name: {current, versions: [{version, passport, ...}], history}} or DeployError}."""
+    return run_sync(afleet_status(devices, name, concurrency))
+
+
+async def afetch_engine(device, name, version, dest, sha256=None):
+    """Download a built model.engine (from staging or models/) of `version`, e.g. from a group's canary."""
+    async with Session(device) as s:
+        for base in (f"{device.device_root}/models/{name}/{version}", staging_path(device, name, version)):
+            remote = f"{base}/model.engine"
+            found = await s.sha256([remote])
+            if remote in found:
+                if sha256 is not None and found[remote] != sha256:
+                    raise DeployError(f"{remote} has sha256 {found[remote]}, expected {sha256}", device.name)
+                return await s.download(remote, dest, found[remote]), found[remote]
+    raise DeployError(f"no model.engine for {name} {version} on the device", device.name)

@@ -1,0 +1,298 @@
+"""SSH and SFTP to one device, through asyncssh.
+
+Why asyncssh and not paramiko: a deploy is I/O-bound fan-out to dozens of Nanos. With asyncssh one event loop
+holds every connection, the concurrency limit is an asyncio.Semaphore and every remote command gets an asyncio
+timeout; paramiko blocks, so it needs a thread per device and per-channel timeouts done by hand. asyncssh refuses
+unknown host keys unless told otherwise, reads no ~/.ssh/config when given config=None (a user's
+`StrictHostKeyChecking no` cannot weaken a deploy), and its SFTP client writes at explicit offsets and
+pipelines large writes, which resumable uploads need.
+
+Every remote command runs under coreutils `timeout -k 10 SECONDS` as well as a local asyncio timeout, so a hung
+build is killed on the device, not just abandoned by the host.
+"""
+
+import asyncio
+import contextlib
+import shlex
+from pathlib import Path
+
+import asyncssh
+
+from ..fsutil import sha256_file
+from .errors import DeployError, HostKeyError, RemoteTimeout, UnreachableError, UploadError
+
+CHUNK = 4 << 20          # asyncssh splits each write into pipelined SFTP requests
+KILL_GRACE_S = 10        # `timeout -k`: SIGKILL this long after SIGTERM
+LOCAL_GRACE_S = 20       # the host waits this much longer than the device-side limit
+
+
+def host_pattern(device):
+    """The known_hosts host field OpenSSH uses for this device: `host`, or `[host]:port` off port 22."""
+    return device.host if device.port == 22 else f"[{device.host}]:{device.port}"
+
+
+def trusted_keys(device):
+    """The device's trusted host keys: its inventory host_key plus matching known_hosts lines. Empty = refuse."""
+    lines = []
+    if device.host_key:
+        lines.append(f"{host_pattern(device)} {device.host_key}")
+    if device.known_hosts is not None and device.known_hosts.is_file():
+        lines.extend(device.known_hosts.read_text(encoding="utf-8").splitlines())
+    return asyncssh.import_known_hosts("\n".join(lines) + "\n")
+
+
+async def scan_host_key(device):
+    """The host key the device presents, as an OpenSSH public key line (for the user to verify and trust)."""
+    try:
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(device.host, device.port, config=None),
+                                     device.connect_timeout)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+        raise UnreachableError(f"cannot read the host key of {device.address}: {e}", device.name) from None
+    if key is None:
+        raise UnreachableError(f"{device.address} presented no host key", device.name)
+    return key.export_public_key("openssh").decode().strip()
+
+
+def trust_host_key(device, key_line, known_hosts):
+    """Append `key_line` for this device to an OpenSSH known_hosts file: the explicit trust-on-first-use step.
+
+    Never called implicitly: the user runs it after checking the fingerprint that scan_host_key showed.
+    """
+    asyncssh.import_public_key(key_line)  # refuse garbage before it reaches a trust file
+    path = Path(known_hosts).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{host_pattern(device)} {key_line}\n")
+
+
+def fingerprint(key_line):
+    return asyncssh.import_public_key(key_line).get_fingerprint("sha256")
+
+
+class Session:
+    """One device's SSH connection; reconnects on demand. Counts bytes uploaded for reports and benchmarks."""
+
+    def __init__(self, device):
+        self.device = device
+        self.conn = None
+        self.sftp = None
+        self.bytes_sent = 0
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def connect(self):
+        if self.conn is not None:
+            return
+        d = self.device
+        try:
+            key = asyncssh.read_private_key(str(d.key))
+        except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as e:
+            # The message names the file and the reason only; key material never reaches an error or a log.
+            reason = e.strerror if isinstance(e, OSError) else str(e)  # asyncssh's reasons hold no key bytes
+            raise UnreachableError(f"cannot use the SSH key {d.key}: {reason} (an unencrypted key file is needed; "
+                                   f"see {d.source})", d.name) from None
+        try:
+            self.conn = await asyncio.wait_for(asyncssh.connect(
+                d.host, d.port, username=d.user, client_keys=[key], known_hosts=trusted_keys(d),
+                config=None, agent_path=None, connect_timeout=d.connect_timeout, login_timeout=d.connect_timeout,
+                keepalive_interval=10, keepalive_count_max=3), d.connect_timeout + 5)
+        except asyncssh.HostKeyNotVerifiable:
+            raise await self._host_key_error() from None
+        except asyncssh.PermissionDenied:
+            raise UnreachableError(f"{d.user}@{d.address} refused the key {d.key} (check authorized_keys)",
+                                   d.name) from None
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            err = UnreachableError(f"cannot connect to {d.address}: {e or type(e).__name__}", d.name)
+            err.retryable = True
+            raise err from None
+
+    async def _host_key_error(self):
+        d = self.device
+        try:
+            offered = await scan_host_key(d)
+            shown = f"it offers {offered.split()[0]} {fingerprint(offered)}"
+        except DeployError:
+            shown = "its key could not be read"
+        trusted = "does not match the trusted key" if (d.host_key or d.known_hosts) else "is unknown"
+        return HostKeyError(f"host key of {d.address} {trusted} ({shown}); nothing was sent. Verify the fingerprint "
+                            f"on the device (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) and set host_key in "
+                            f"{d.source} or add it to known_hosts", d.name)
+
+    async def close(self, abort=False):
+        """Close the connection; `abort` drops it at once (after a failure, when nothing more can be sent)."""
+        conn, self.conn, self.sftp = self.conn, None, None
+        if conn is not None:
+            conn.abort() if abort else conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+    async def _guard(self, coro, what, timeout):
+        """Await `coro` under a local timeout; map transport failures to UnreachableError(retryable)."""
+        try:
+            await self.connect()
+            return await asyncio.wait_for(coro, timeout)
+        except asyncio.TimeoutError:
+            raise RemoteTimeout(f"{what} timed out after {timeout:.0f} s", self.device.name) from None
+        except (asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost, asyncssh.DisconnectError, ConnectionError,
+                asyncio.IncompleteReadError) as e:
+            await self.close(abort=True)
+            err = UnreachableError(f"connection to {self.device.address} lost during {what}: "
+                                   f"{e or type(e).__name__}", self.device.name)
+            err.retryable = True
+            raise err from None
+        except asyncssh.SFTPError as e:  # e.g. a write failing on a full disk (OpenSSH says only "Failure")
+            raise DeployError(f"{what} failed on the device: {e.reason}", self.device.name) from None
+        except asyncssh.Error as e:
+            raise DeployError(f"{what} failed: {e}", self.device.name) from None
+        finally:
+            if asyncio.iscoroutine(coro):
+                coro.close()  # not awaited when connect() failed first; closing it silences the warning
+
+    async def run(self, command, timeout=None, input=None, what=None):
+        """Run a shell command on the device under `timeout -k`; return (exit status, stdout, stderr)."""
+        timeout = float(timeout or self.device.command_timeout)
+        remote = f"exec timeout -k {KILL_GRACE_S} {int(timeout)} sh -c {shlex.quote(command)}"
+        what = what or command.split()[0]
+        result = await self._guard(self._conn_run(remote, input), what, timeout + KILL_GRACE_S + LOCAL_GRACE_S)
+        if result.exit_status is None and result.exit_signal is None:
+            # The channel closed without an exit status: sshd (or the link) died under the command.
+            await self.close(abort=True)
+            err = UnreachableError(f"connection to {self.device.address} lost during {what}", self.device.name)
+            err.retryable = True
+            raise err
+        if result.exit_status == 124:
+            raise RemoteTimeout(f"{what} ran past {timeout:.0f} s and was stopped on the device", self.device.name)
+        if result.exit_status == 137 or result.exit_signal:
+            signal = result.exit_signal[0] if result.exit_signal else "KILL"
+            raise DeployError(f"{what} was killed on the device (SIG{signal}; SIGKILL comes from the time limit or "
+                              f"the OOM killer)", self.device.name)
+        return result.exit_status, result.stdout or "", result.stderr or ""
+
+    async def _conn_run(self, remote, input):
+        return await self.conn.run(remote, input=input, check=False)
+
+    async def _sftp(self):
+        await self.connect()
+        if self.sftp is None:
+            self.sftp = await self.conn.start_sftp_client()
+        return self.sftp
+
+    async def sha256(self, paths):
+        """{remote path: sha256} for those of `paths` that exist (one `sha256sum` round trip)."""
+        return (await self.prepare([], paths))[0]
+
+    async def prepare(self, dirs, paths):
+        """One round trip: create `dirs`, hash the existing `paths`, read free space of the device root.
+
+        Returns ({path: sha256}, free MiB or None). Each remote command costs a session setup on the device
+        (a login shell, ~0.1-0.3 s), so the deploy asks everything it needs before uploading in one go.
+        """
+        root = shlex.quote(self.device.device_root)
+        mkdir = f"mkdir -p -- {' '.join(shlex.quote(d) for d in dirs)} || exit 3; " if dirs else ""
+        hashes = f"sha256sum -- {' '.join(shlex.quote(p) for p in paths)} 2>/dev/null; " if paths else ""
+        status, out, err = await self.run(f"{mkdir}{hashes}echo @df; df -Pk {root} 2>/dev/null; true",
+                                          what="prepare")
+        if status == 3:
+            raise DeployError(f"cannot create directories on the device: {err.strip()}", self.device.name)
+        head, _, df = out.partition("@df\n")
+        found = {}
+        for line in head.splitlines():
+            digest, _, name = line.partition("  ")
+            if len(digest) == 64:
+                found[name] = digest
+        rows = df.strip().splitlines()
+        try:
+            free = int(rows[-1].split()[3]) // 1024 if len(rows) >= 2 else None
+        except (ValueError, IndexError):
+            free = None
+        return found, free
+
+    async def upload_files(self, items, have=None, progress=None):
+        """Upload [(local path, remote path, sha256)] unless the remote already has that sha256.
+
+        Each file goes to `remote + '.part'`, resuming from the size already there (a dropped connection leaves
+        a correct prefix: writes are sequential); then one `sha256sum` verifies every .part, the good ones are
+        renamed into place and the bad ones deleted, so the next attempt resends those from zero.
+        `progress(session, local, done, size)` is called after each chunk. Returns the number of files sent.
+        """
+        if have is None:
+            have = await self.sha256([remote for _, remote, _ in items])
+        todo = [(Path(local), remote, digest) for local, remote, digest in items if have.get(remote) != digest]
+        for local, remote, _ in todo:
+            await self._guard(self._send(local, remote + ".part", progress), f"upload of {local.name}",
+                              self.device.command_timeout)
+        got = await self.sha256([remote + ".part" for _, remote, _ in todo])
+        bad = []
+        for local, remote, digest in todo:
+            op = ("posix_rename", remote + ".part", remote) if got.get(remote + ".part") == digest else (
+                "remove", remote + ".part")
+            if op[0] == "remove":
+                bad.append(local.name)
+            await self._guard(self._sftp_op(*op), f"upload of {local.name}", self.device.command_timeout)
+        if bad:
+            err = UploadError(f"checksum mismatch after upload of {', '.join(bad)}; the partial files were removed",
+                              self.device.name)
+            err.retryable = True  # the next attempt starts those files from zero
+            raise err
+        return len(todo)
+
+    async def readlink(self, path):
+        """Target of a remote symlink, or None when there is none (e.g. no `current` yet)."""
+        try:
+            return await self._guard(self._sftp_op("readlink", path), "readlink", self.device.command_timeout)
+        except DeployError:
+            if await self._guard(self._sftp_op("exists", path), "stat", self.device.command_timeout):
+                raise
+            return None
+
+    async def _sftp_op(self, name, *args):
+        return await getattr(await self._sftp(), name)(*args)
+
+    async def _send(self, local, part, progress):
+        size = local.stat().st_size
+        sftp = await self._sftp()
+        try:
+            offset = (await sftp.stat(part)).size or 0
+        except asyncssh.SFTPNoSuchFile:
+            offset = 0
+        if offset > size:
+            offset = 0
+        async with sftp.open(part, "r+b" if offset else "wb") as f:
+            with open(local, "rb") as src:
+                src.seek(offset)
+                while chunk := src.read(CHUNK):
+                    await f.write(chunk, offset)
+                    offset += len(chunk)
+                    self.bytes_sent += len(chunk)
+                    if progress is not None:
+                        progress(self, local, offset, size)
+
+    async def download(self, remote, local, sha256=None):
+        """Fetch a device file (e.g. a canary's engine) to a temp sibling, verify, then rename into place."""
+        local = Path(local)
+        tmp = local.with_name(f".{local.name}.part")
+        await self._guard(self._sftp_op("get", remote, str(tmp)), f"download of {remote}",
+                          self.device.command_timeout)
+        if sha256 is not None and sha256_file(tmp) != sha256:
+            tmp.unlink()
+            raise UploadError(f"{remote}: checksum mismatch after download", self.device.name)
+        tmp.replace(local)
+        return local
+
+
+async def with_retries(session, op, attempts=4, backoff_s=0.5):
+    """Run `op()`, retrying after a reconnect when it fails with a retryable DeployError (dropped connection,
+    bad checksum); only for idempotent steps."""
+    for attempt in range(attempts):
+        try:
+            return await op()
+        except DeployError as e:
+            if not getattr(e, "retryable", False) or attempt == attempts - 1:
+                raise
+            await session.close(abort=True)
+            await asyncio.sleep(backoff_s * (2 ** attempt))

@@ -1,0 +1,70 @@
+"""Fixtures for deploy tests: real sshd devices on 127.0.0.1, the Python 3.6 device venv, the self-test package."""
+
+import os
+import shutil
+
+import pytest
+
+from taoflow.deploy.selftest import write_selftest_package
+from tests.deploy.sshd import SimFleet, keygen
+from tests.device.support import ensure_py36_venv, host_device_python, venv_cache_dir
+
+if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")) or not shutil.which("ssh-keygen"):
+    pytest.skip("OpenSSH sshd / ssh-keygen not installed (apt-get install openssh-server)", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def py36(request):
+    """(python path, None) of the 3.6 device venv, or (None, reason)."""
+    return ensure_py36_venv(venv_cache_dir(request.config))
+
+
+@pytest.fixture(scope="session")
+def device_python(py36):
+    """The Python of the simulated devices: 3.6 when it exists (JetPack 4.6), else the host's."""
+    return py36[0] or host_device_python()
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory):
+    path = tmp_path_factory.mktemp("client") / "id_ed25519"
+    keygen(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _private_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAOFLOW_LOCK_DIR", str(tmp_path / "locks"))
+
+
+@pytest.fixture
+def sim_fleet(tmp_path, client_key):
+    """make(n) -> SimFleet with n running sshd devices; all are killed at teardown."""
+    fleets = []
+
+    def make(n, prefix="nano"):
+        fleet = SimFleet(tmp_path / "fleet", client_key)
+        fleets.append(fleet)
+        for i in range(n):
+            fleet.add(f"{prefix}-{i:02d}")
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture(scope="session")
+def selftest_package(tmp_path_factory):
+    return write_selftest_package(tmp_path_factory.mktemp("pkg") / "selftest")
+
+
+@pytest.fixture
+def package_copy(selftest_package, tmp_path):
+    """copy(tag) -> a new package dir with different bytes (a new version) made from the self-test package."""
+    def copy(tag):
+        dest = tmp_path / f"pkg-{tag}"
+        shutil.copytree(selftest_package, dest)
+        (dest / "passport.json").write_text(f'{{"format": "taoflow-passport/1", "tag": "{tag}"}}\n')
+        return dest
+    return copy

@@ -1,0 +1,106 @@
+"""Package validation (file:line errors) and the probe's parsers of real Jetson file formats."""
+
+import json
+import shutil
+
+import pytest
+from agent_common import AgentError
+from agent_package import load_expected, load_labels, load_model_json, package_digest
+from agent_probe import parse_l4t, parse_nvpmodel, parse_version_header, probe
+
+
+@pytest.fixture
+def pkg(selftest_package, tmp_path):
+    return shutil.copytree(selftest_package, tmp_path / "pkg")
+
+
+def edit_json(path, fn):
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def test_selftest_package_validates(pkg):
+    meta = load_model_json(str(pkg))
+    labels = load_labels(str(pkg), meta["classes"])
+    assert labels == ["background", "car", "plate"]
+    assert set(load_expected(str(pkg), labels)["images"]) == {"two_objects.png", "one_car.png", "empty.png"}
+
+
+def test_model_json_syntax_error_names_file_and_line(pkg):
+    (pkg / "model.json").write_text('{\n  "format": "taoflow-ssd/1",\n  "model_file": model.onnx\n}\n')
+    with pytest.raises(AgentError) as e:
+        load_model_json(str(pkg))
+    assert e.value.path.endswith("model.json") and e.value.line == 3
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (lambda m: m["input"].update(channel_order="RBG"), "channel_order", "channel_order must be one of"),
+    (lambda m: m["input"].update(height=0), "height", "input.height must be positive"),
+    (lambda m: m["output"].update(kind="yolo"), "kind", "output.kind"),
+    (lambda m: m["input"].update(mean=[1, 2]), "mean", "input.mean needs 3"),
+    (lambda m: m.update(model_file="missing.onnx"), "model_file", "not in the package"),
+    (lambda m: m["nms"].update(iou_threshold=1.5), "iou_threshold", "nms.iou_threshold"),
+])
+def test_model_json_field_errors_point_at_the_line(pkg, change, key, message):
+    edit_json(pkg / "model.json", change)
+    lines = (pkg / "model.json").read_text().splitlines()
+    with pytest.raises(AgentError, match=message) as e:
+        load_model_json(str(pkg))
+    assert f'"{key}"' in lines[e.value.line - 1]
+
+
+def test_labels_must_agree_with_model_json(pkg):
+    (pkg / "labels.txt").write_text("background\ncar\nbus\n")
+    with pytest.raises(AgentError, match="'bus' differs") as e:
+        load_labels(str(pkg), ["car", "plate"])
+    assert e.value.line == 3
+
+
+def test_expected_json_errors(pkg):
+    edit_json(pkg / "samples" / "expected.json", lambda e: e["images"].update({"nope.png": []}))
+    with pytest.raises(AgentError, match="nope.png is not in samples"):
+        load_expected(str(pkg), ["background", "car", "plate"])
+    edit_json(pkg / "samples" / "expected.json", lambda e: (e["images"].pop("nope.png"), e["images"].update(
+        {"empty.png": [{"label": "truck", "confidence": 0.9, "box": [0, 0, 1, 1]}]})))
+    with pytest.raises(AgentError, match="needs label"):
+        load_expected(str(pkg), ["background", "car", "plate"])
+
+
+def test_package_digest_changes_with_content_but_not_with_device_outputs(pkg):
+    before = package_digest(str(pkg))
+    (pkg / "smoke.json").write_text("{}")
+    (pkg / "passport.json").write_text("{}")
+    assert package_digest(str(pkg)) == before
+    (pkg / "samples" / "one_car.png").write_bytes(b"x")
+    assert package_digest(str(pkg)) != before
+
+
+def test_parse_l4t_nv_tegra_release():
+    text = ("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64, DATE: Sat Feb 19 "
+            "17:05:08 UTC 2022\n# KERNEL_VARIANT: oot\n")
+    assert parse_l4t(text) == {"release": "32.7.1", "board": "t210ref"}
+    assert parse_l4t("garbage") is None and parse_l4t(None) is None
+
+
+def test_parse_nvpmodel_query():
+    assert parse_nvpmodel("NV Power Mode: MAXN\n0\n") == {"name": "MAXN", "id": 0}
+    assert parse_nvpmodel("NVPM WARN: ...\nNV Power Mode: 5W\n1\n") == {"name": "5W", "id": 1}
+    assert parse_nvpmodel("") is None
+
+
+def test_parse_version_headers():
+    trt = "#define NV_TENSORRT_MAJOR 8 //!< major\n#define NV_TENSORRT_MINOR 2\n#define NV_TENSORRT_PATCH 1\n"
+    assert parse_version_header(trt, "NV_TENSORRT_") == "8.2.1"
+    cudnn = "#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 2\n#define CUDNN_PATCHLEVEL 1\n"
+    assert parse_version_header(cudnn, "CUDNN_") == "8.2.1"
+    assert parse_version_header("#define CUDNN_MAJOR 8\n", "CUDNN_") is None
+
+
+def test_probe_reports_absent_things_as_null(tmp_path):
+    report = probe(str(tmp_path))
+    assert report["python"]["version"] and report["disk"]["free_mb"] > 0 and report["memory"]["total_mb"] > 0
+    assert "onnxruntime" in report["runtimes"]
+    for key in ("l4t", "tensorrt", "nvinfer_plugin", "power_mode"):  # not a Jetson: null, not a crash
+        assert report[key] is None, key
+    assert report["tools"] == {"trtexec": None, "tao-converter": None}

@@ -1,0 +1,223 @@
+"""`probe`: what this device has, as the engine-compatibility key and the preflight need it.
+
+Every probe is independent and returns None when the thing is absent or unreadable: a Nano without pycuda, a
+dev box without /etc/nv_tegra_release or a container without nvpmodel still gets a full report, never a crash.
+"""
+
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+from agent_common import sha256_file
+
+LIB_DIRS = ["/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib64",
+            "/usr/lib"]
+INCLUDE_DIRS = ["/usr/include/aarch64-linux-gnu", "/usr/include/x86_64-linux-gnu", "/usr/include",
+                "/usr/local/cuda/include"]
+TRTEXEC_PATHS = ["/usr/src/tensorrt/bin/trtexec"]
+# Tegra SoC -> CUDA compute capability of its GPU (engines are built per architecture).
+TEGRA_SM = {"tegra210": "5.3", "tegra186": "6.2", "tegra194": "7.2", "tegra234": "8.7"}
+
+
+def _read(path, mode="r"):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _output(argv, timeout_s=10):
+    try:
+        return subprocess.check_output(argv, stderr=subprocess.STDOUT, universal_newlines=True,
+                                       timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parse_l4t(text):
+    """'# R32 (release), REVISION: 7.1, GCID: ..., BOARD: t210ref, ...' -> {'release': '32.7.1', ...}."""
+    if not text:
+        return None
+    m = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    if not m:
+        return None
+    board = re.search(r"BOARD:\s*([\w-]+)", text)
+    return {"release": "{}.{}".format(m.group(1), m.group(2)), "board": board.group(1) if board else None}
+
+
+def parse_nvpmodel(text):
+    """`nvpmodel -q` prints 'NV Power Mode: MAXN' then the mode id."""
+    if not text:
+        return None
+    m = re.search(r"NV Power Mode:\s*(\S+)\s*\n\s*(\d+)", text)
+    if m:
+        return {"name": m.group(1), "id": int(m.group(2))}
+    m = re.search(r"NV Power Mode:\s*(\S+)", text)
+    return {"name": m.group(1), "id": None} if m else None
+
+
+def parse_version_header(text, prefix):
+    """#define <prefix>MAJOR 8 / MINOR / PATCH(LEVEL) -> '8.2.1' (NvInferVersion.h, cudnn_version.h)."""
+    if not text:
+        return None
+    parts = []
+    for field in ("MAJOR", "MINOR", "PATCH"):
+        m = re.search(r"#define\s+{}{}(?:LEVEL)?\s+(\d+)".format(prefix, field), text)
+        if not m:
+            return None
+        parts.append(m.group(1))
+    return ".".join(parts)
+
+
+def tensorrt_version():
+    try:
+        import tensorrt
+        return tensorrt.__version__
+    except Exception:  # ImportError, or a broken install raising anything while loading libnvinfer
+        pass
+    for d in INCLUDE_DIRS:
+        v = parse_version_header(_read(os.path.join(d, "NvInferVersion.h")), "NV_TENSORRT_")
+        if v:
+            return v
+    return _lib_version("libnvinfer.so.")
+
+
+def _lib_version(stem):
+    for d in LIB_DIRS:
+        for path in sorted(glob.glob(os.path.join(d, stem + "*.*.*"))):
+            return path.split(".so.", 1)[1]
+    return None
+
+
+def cuda_version():
+    text = _read("/usr/local/cuda/version.txt")  # CUDA 10.x (JetPack 4): 'CUDA Version 10.2.300'
+    if text:
+        m = re.search(r"CUDA Version\s+([\d.]+)", text)
+        if m:
+            return m.group(1)
+    text = _read("/usr/local/cuda/version.json")  # CUDA 11+
+    if text:
+        m = re.search(r'"cuda"\s*:\s*\{[^}]*"version"\s*:\s*"([\d.]+)"', text)
+        if m:
+            return m.group(1)
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc:
+        m = re.search(r"release [\d.]+, V([\d.]+)", _output([nvcc, "--version"]) or "")
+        if m:
+            return m.group(1)
+    return None
+
+
+def cudnn_version():
+    for d in INCLUDE_DIRS:
+        for name in ("cudnn_version.h", "cudnn.h"):  # cuDNN 8 moved the defines to cudnn_version.h
+            v = parse_version_header(_read(os.path.join(d, name)), "CUDNN_")
+            if v:
+                return v
+    return _lib_version("libcudnn.so.")
+
+
+def plugin_library():
+    """The resolved libnvinfer_plugin and its sha256: a TRT-OSS rebuild (NMS/BatchTile) changes the hash."""
+    dirs = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p] + LIB_DIRS
+    for d in dirs:
+        path = os.path.join(d, "libnvinfer_plugin.so")
+        candidates = [path] if os.path.exists(path) else sorted(glob.glob(path + ".*"))
+        for candidate in candidates:
+            real = os.path.realpath(candidate)
+            try:
+                return {"path": real, "sha256": sha256_file(real)}
+            except OSError:
+                continue
+    return None
+
+
+def gpu():
+    model = _read("/proc/device-tree/model")
+    compatible = _read("/proc/device-tree/compatible")
+    if compatible:
+        for soc, sm in TEGRA_SM.items():
+            if soc in compatible:
+                return {"name": (model or soc).strip("\x00 \n"), "compute_capability": sm, "soc": soc}
+    out = _output(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"])
+    if out and "," in out:
+        name, cc = [s.strip() for s in out.splitlines()[0].split(",", 1)]
+        return {"name": name, "compute_capability": cc, "soc": None}
+    return None
+
+
+def memory():
+    text = _read("/proc/meminfo")
+    if not text:
+        return None
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"(\w+):\s+(\d+)\s*kB", line)
+        if m:
+            values[m.group(1)] = int(m.group(2)) // 1024
+    return {"total_mb": values.get("MemTotal"), "available_mb": values.get("MemAvailable"),
+            "swap_total_mb": values.get("SwapTotal"), "swap_free_mb": values.get("SwapFree")}
+
+
+def disk(root):
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return None
+    return {"path": root, "free_mb": st.f_bavail * st.f_frsize // (1 << 20),
+            "total_mb": st.f_blocks * st.f_frsize // (1 << 20)}
+
+
+def module_version(name):
+    try:
+        module = __import__(name)
+    except Exception:  # pycuda raises non-ImportErrors when the CUDA driver is missing
+        return None
+    return getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None) or "unknown"
+
+
+def onnxruntime_info():
+    try:
+        import onnxruntime
+    except Exception:
+        return None
+    return {"version": onnxruntime.__version__, "providers": list(onnxruntime.get_available_providers())}
+
+
+def tool_path(name, extra, root):
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in extra + [os.path.join(root, "bin", name)]:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def probe(root):
+    trt = tensorrt_version()
+    ort = onnxruntime_info()
+    runtimes = (["tensorrt"] if trt and module_version("pycuda") else []) + (["onnxruntime"] if ort else [])
+    return {
+        "l4t": parse_l4t(_read("/etc/nv_tegra_release")),
+        "tensorrt": trt,
+        "cuda": cuda_version(),
+        "cudnn": cudnn_version(),
+        "nvinfer_plugin": plugin_library(),
+        "gpu": gpu(),
+        "power_mode": parse_nvpmodel(_output(["nvpmodel", "-q"])),
+        "memory": memory(),
+        "disk": disk(root),
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "machine": platform.machine(),
+        "modules": {"numpy": module_version("numpy"), "cv2": module_version("cv2"),
+                    "pycuda": module_version("pycuda"), "onnxruntime": ort},
+        "tools": {"trtexec": tool_path("trtexec", TRTEXEC_PATHS, root),
+                  "tao-converter": tool_path("tao-converter", [], root)},
+        "runtimes": runtimes,
+    }

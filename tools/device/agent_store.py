@@ -1,0 +1,199 @@
+"""`activate` / `rollback` / `status` / `discard`: versioned model directories and the atomic `current` link.
+
+  <root>/staging/<name>/<version>/   uploads, build and smoke happen here; never read by the application
+  <root>/models/<name>/<version>/    installed versions, each with passport.json (and smoke.json, build.json)
+  <root>/models/<name>/current       symlink -> <version>; the application only ever opens current/
+  <root>/models/<name>/history.json  activation order, newest last; rollback walks it backwards
+
+A version reaches models/ only by a rename from staging/ after its smoke test passed for its exact bytes, and
+`current` changes only by renaming a fresh symlink over the old one, so at any instant `current` names a complete,
+smoke-tested version: a crash between any two steps leaves the previous model running.
+"""
+
+import os
+import re
+import shutil
+import time
+
+from agent_common import AgentError, device_lock, load_json, write_json_atomic
+from agent_package import package_digest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PASSPORT_FORMAT = "taoflow-device-passport/1"
+MIN_KEEP = 2  # current + one rollback target
+
+
+def check_name(kind, value):
+    if not NAME_RE.match(value or ""):
+        raise AgentError("{} {!r} must be 1-128 characters of A-Z a-z 0-9 . _ - (not starting with . _ -)".format(
+            kind, value))
+    return value
+
+
+def _models(root, name):
+    return os.path.join(root, "models", check_name("model name", name))
+
+
+def staging_dir(root, name, version):
+    return os.path.join(root, "staging", check_name("model name", name), check_name("version", version))
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return None
+    return load_json(path)[0]
+
+
+def current_version(models):
+    link = os.path.join(models, "current")
+    if not os.path.islink(link):
+        return None
+    return os.readlink(link)
+
+
+def _history(models):
+    data = _read_json(os.path.join(models, "history.json")) or {}
+    return data.get("versions", [])
+
+
+def _write_history(models, versions):
+    write_json_atomic(os.path.join(models, "history.json"), {"versions": versions})
+
+
+def _check_smoke(path, version):
+    smoke = _read_json(os.path.join(path, "smoke.json"))
+    if smoke is None:
+        raise AgentError("version {} has no smoke.json: run smoke before activating".format(version), path)
+    if not smoke.get("passed"):
+        raise AgentError("version {} failed its smoke test; it cannot become current".format(version), path)
+    if smoke.get("package_digest") != package_digest(path):
+        raise AgentError("version {} changed after its smoke test: run smoke again".format(version), path)
+    return smoke
+
+
+def _remove_tree(path):
+    """Rename first, then delete: an interrupted delete leaves a dot-named trash dir, never half a version."""
+    if not os.path.lexists(path):
+        return
+    trash = os.path.join(os.path.dirname(path), ".trash-{}-{}".format(os.path.basename(path), os.getpid()))
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _switch_current(models, version):
+    tmp = os.path.join(models, ".current.tmp-{}".format(os.getpid()))
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(version, tmp)  # relative target: the device root can be moved or mounted elsewhere
+    os.replace(tmp, os.path.join(models, "current"))
+
+
+def _write_passport(path, name, version, smoke, wave):
+    existing = _read_json(os.path.join(path, "passport.json"))
+    lineage = existing.get("lineage") if existing and existing.get("format") == PASSPORT_FORMAT else existing
+    build = _read_json(os.path.join(path, "build.json"))
+    passport = {
+        "format": PASSPORT_FORMAT, "name": name, "version": version, "lineage": lineage,
+        "package_digest": smoke["package_digest"],
+        "build": None if build is None else {k: build.get(k) for k in (
+            "runtime", "runtime_version", "engine_sha256", "model_sha256", "precision", "seconds")},
+        "smoke": {k: smoke.get(k) for k in ("passed", "runtime", "runtime_version", "fps", "latency_ms",
+                                            "checked_at")},
+        "activated_at": time.time(), "wave": wave,
+    }
+    write_json_atomic(os.path.join(path, "passport.json"), passport)
+    return passport
+
+
+def activate(root, name, version, keep=3, wave=None):
+    models = _models(root, name)
+    target = os.path.join(models, check_name("version", version))
+    staging = staging_dir(root, name, version)
+    with device_lock(root, "models-" + name, wait_s=30):
+        os.makedirs(models, exist_ok=True)
+        if os.path.isdir(staging):
+            smoke = _check_smoke(staging, version)
+            if os.path.isdir(target):
+                if package_digest(target) != smoke["package_digest"]:
+                    raise AgentError("version {} of {} is already installed with other content; deploy it under "
+                                     "a new version".format(version, name), target)
+                _remove_tree(staging)  # same bytes re-deployed: keep the installed copy
+            else:
+                os.rename(staging, target)
+        elif os.path.isdir(target):
+            smoke = _check_smoke(target, version)
+        else:
+            raise AgentError("version {} of {} is neither staged nor installed".format(version, name))
+        _write_passport(target, name, version, smoke, wave)
+        _switch_current(models, version)
+        history = [v for v in _history(models) if v != version] + [version]
+        _write_history(models, history)
+        _prune(models, history, max(keep, MIN_KEEP))
+    return status(root, name)
+
+
+def rollback(root, name, to=None):
+    models = _models(root, name)
+    with device_lock(root, "models-" + name, wait_s=30):
+        current = current_version(models)
+        history = _history(models)
+        if to is not None:
+            target = check_name("version", to)
+            if not os.path.isdir(os.path.join(models, target)):
+                raise AgentError("version {} of {} is not installed (installed: {})".format(
+                    target, name, ", ".join(_installed(models)) or "none"))
+            history = [v for v in history if v != target] + [target]
+        else:
+            # The version being rolled back leaves the history, so a second rollback goes one further back.
+            history = [v for v in history if v != current and os.path.isdir(os.path.join(models, v))]
+            if not history:
+                raise AgentError("no previous version of {} to roll back to; {} stays current".format(name, current))
+            target = history[-1]
+        _check_smoke(os.path.join(models, target), target)
+        _switch_current(models, target)
+        _write_history(models, history)
+    result = status(root, name)
+    result["rolled_back_from"] = current
+    return result
+
+
+def discard(root, name, version):
+    """Remove a staged (never activated) version, e.g. after its smoke test failed; models/ is not touched."""
+    staging = staging_dir(root, name, version)
+    existed = os.path.isdir(staging)
+    _remove_tree(staging)
+    return {"discarded": existed, "path": staging}
+
+
+def _installed(models):
+    if not os.path.isdir(models):
+        return []
+    return sorted(v for v in os.listdir(models) if NAME_RE.match(v) and v not in ("current", "history.json")
+                  and os.path.isdir(os.path.join(models, v)) and not os.path.islink(os.path.join(models, v)))
+
+
+def _prune(models, history, keep):
+    protected = set(history[-keep:])
+    protected.add(current_version(models))
+    for version in _installed(models):
+        if version not in protected:
+            _remove_tree(os.path.join(models, version))
+
+
+def status(root, name=None):
+    base = os.path.join(root, "models")
+    names = [check_name("model name", name)] if name else (sorted(os.listdir(base)) if os.path.isdir(base) else [])
+    report = {}
+    for model in names:
+        models = os.path.join(base, model)
+        if not os.path.isdir(models):
+            report[model] = {"current": None, "versions": [], "history": []}
+            continue
+        versions = []
+        for version in _installed(models):
+            path = os.path.join(models, version)
+            smoke = _read_json(os.path.join(path, "smoke.json")) or {}
+            versions.append({"version": version, "passport": _read_json(os.path.join(path, "passport.json")),
+                             "smoke_passed": smoke.get("passed"), "fps": smoke.get("fps")})
+        report[model] = {"current": current_version(models), "versions": versions, "history": _history(models)}
+    return {"root": root, "models": report}

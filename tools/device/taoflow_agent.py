@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""taoflow device agent: shipped to <device root>/agent/ on every deploy and run over SSH, one command per call.
+
+  probe                                   what the device has (L4T, TensorRT, CUDA, plugins, memory, ...)
+  build    --name N --version V           build the engine (or verify the ONNX Runtime model) in staging
+  smoke    --name N --version V           run samples/, compare with expected.json, measure FPS -> smoke.json
+  activate --name N --version V [--keep]  staging -> models/N/V, switch models/N/current atomically
+  rollback --name N [--to V]              switch current back to the previous (or the given) version
+  status   [--name N]                     installed versions, passports and current
+  discard  --name N --version V           remove a staged version that will not be activated
+
+Every command prints exactly one JSON object on stdout: {"ok": true, "result": ...} or {"ok": false, "error":
+..., "details": ...}, exit status 0 or 1 (2 for an agent bug). Python 3.6 compatible (JetPack 4.6); stdlib,
+numpy, OpenCV and tensorrt+pycuda or onnxruntime only; nothing from the host's taoflow package.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from agent_common import AgentError  # noqa: E402
+
+AGENT_PROTOCOL = 1
+
+
+def _package(args):
+    import agent_store
+    if args.package:
+        return os.path.abspath(args.package)
+    if not (args.name and args.version):
+        raise AgentError("give --package DIR or --name and --version of a staged package")
+    path = agent_store.staging_dir(args.root, args.name, args.version)
+    if not os.path.isdir(path):
+        raise AgentError("{} {} is not staged (no {})".format(args.name, args.version, path))
+    return path
+
+
+def run(args):
+    if args.command == "probe":
+        import agent_probe
+        return agent_probe.probe(args.root)
+    if args.command == "build":
+        import agent_build
+        return agent_build.build(args.root, _package(args), args.runtime, args.max_batch, args.workspace_mb,
+                                 args.timeout, args.lock_wait)
+    if args.command == "smoke":
+        import agent_smoke
+        return agent_smoke.smoke(args.root, _package(args), args.runtime, args.iterations)
+    import agent_store
+    if args.command == "activate":
+        return agent_store.activate(args.root, args.name, args.version, args.keep, args.wave)
+    if args.command == "rollback":
+        return agent_store.rollback(args.root, args.name, args.to)
+    if args.command == "discard":
+        return agent_store.discard(args.root, args.name, args.version)
+    return agent_store.status(args.root, args.name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are answered in JSON like everything else
+        raise AgentError("usage: {}".format(message))
+
+
+def build_parser():
+    default_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = _Parser(prog="taoflow_agent", description="taoflow device agent")
+    parser.add_argument("--root", default=default_root, help="device root (default: the agent's parent dir)")
+    sub = parser.add_subparsers(dest="command")
+    sub.required = True  # Python 3.6 has no required= on add_subparsers
+    sub.add_parser("probe")
+    for name in ("build", "smoke"):
+        p = sub.add_parser(name)
+        p.add_argument("--package", help="package directory (default: staging/<name>/<version>)")
+        p.add_argument("--name")
+        p.add_argument("--version")
+        p.add_argument("--runtime", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    build, smoke = sub.choices["build"], sub.choices["smoke"]
+    build.add_argument("--max-batch", type=int, default=1)
+    build.add_argument("--workspace-mb", type=int, default=None)
+    build.add_argument("--timeout", type=float, default=3600.0, help="seconds before the build tool is killed")
+    build.add_argument("--lock-wait", type=float, default=0.0, help="seconds to wait for another build")
+    smoke.add_argument("--iterations", type=int, default=20)
+    for name in ("activate", "discard"):
+        p = sub.add_parser(name)
+        p.add_argument("--name", required=True)
+        p.add_argument("--version", required=True)
+    sub.choices["activate"].add_argument("--keep", type=int, default=3, help="versions kept (at least 2)")
+    sub.choices["activate"].add_argument("--wave", type=int, default=None)
+    p = sub.add_parser("rollback")
+    p.add_argument("--name", required=True)
+    p.add_argument("--to", default=None, help="version to switch to (default: the previous one)")
+    p = sub.add_parser("status")
+    p.add_argument("--name", default=None)
+    return parser
+
+
+def main(argv=None):
+    # Native libraries (TensorRT's logger, CUDA) may print on fd 1; the JSON must be the only thing there.
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    code, args = 0, argparse.Namespace(command=None)
+    try:
+        args = build_parser().parse_args(argv)
+        args.root = os.path.abspath(args.root)
+        reply = {"ok": True, "command": args.command, "protocol": AGENT_PROTOCOL, "result": run(args)}
+    except AgentError as e:
+        reply = {"ok": False, "command": args.command, "protocol": AGENT_PROTOCOL, "error": str(e),
+                 "details": e.details}
+        code = 1
+    except EnvironmentError as e:  # disk full, permissions, a vanished file: the device's state, not a bug
+        where = " ({})".format(e.filename) if getattr(e, "filename", None) else ""
+        reply = {"ok": False, "command": args.command, "protocol": AGENT_PROTOCOL,
+                 "error": "{}{}".format(e.strerror or e, where), "details": {"errno": e.errno}}
+        code = 1
+    except Exception as e:  # an agent bug: still one JSON object, with the traceback for the report
+        reply = {"ok": False, "command": args.command, "protocol": AGENT_PROTOCOL,
+                 "error": "agent error: {}: {}".format(type(e).__name__, e), "traceback": traceback.format_exc()}
+        code = 2
+    json_out.write(json.dumps(reply, sort_keys=True) + "\n")
+    json_out.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
