@@ -76,7 +76,8 @@ def encode(matched, anchors, variances):
 
 def decode(offsets, anchors, variances):
     """Inverse of encode: (B,A,4) offsets -> (B,A,4) normalised corners. Export-safe ops only."""
-    v = torch.as_tensor(variances, dtype=offsets.dtype, device=offsets.device)
+    v = variances if torch.is_tensor(variances) else torch.as_tensor(variances, dtype=offsets.dtype,
+                                                                      device=offsets.device)
     ac, awh = _centroids(anchors)
     c = offsets[..., :2] * v[:2] * awh + ac
     wh = torch.exp((offsets[..., 2:] * v[2:]).clamp(max=MAX_LOG_RATIO)) * awh

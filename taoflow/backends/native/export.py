@@ -11,6 +11,7 @@ against the TensorRT parser's supported list before the file is written.
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ class ExportHead(torch.nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("anchors", anchors)
-        self.variances = list(variances)
+        self.register_buffer("variances", torch.tensor(variances, dtype=torch.float32))
 
     def forward(self, x):
         conf, loc = self.model(x)
@@ -66,8 +67,11 @@ def export_onnx(spec_path, model_path, output_file=None, opset=MAX_OPSET, data_t
     dynamic = None if static_batch_size > 0 else {"Input": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
-        torch.onnx.export(head, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["Input"],
-                          output_names=["boxes", "scores"], dynamic_axes=dynamic, do_constant_folding=True)
+        with warnings.catch_warnings():
+            # The legacy TorchScript exporter is deprecated but is the one that still writes opset <= 13.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(head, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["Input"],
+                              output_names=["boxes", "scores"], dynamic_axes=dynamic, do_constant_folding=True)
         onnx_model = onnx.load(str(tmp))
         onnx.checker.check_model(onnx_model)
         bad = unsupported_ops(onnx_model)
