@@ -133,7 +133,8 @@ def run(args):
         result = train(args.experiment_spec_file, args.results_dir, resume_model=args.resume_model_weights,
                        initial_epoch=args.initial_epoch, gpus=args.gpus, use_amp=args.use_amp,
                        evaluate_fn=validation_fn)
-        print(f"Training finished; last checkpoint: {result['checkpoint']}")
+        if result["checkpoint"]:  # rank 0 only under DDP
+            print(f"Training finished; last checkpoint: {result['checkpoint']}")
         return 0
     if args.task == "evaluate":
         from .evaluate import evaluate_cli

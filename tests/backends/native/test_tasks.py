@@ -165,3 +165,17 @@ def test_user_errors_are_one_clear_line(trained, tiny_data, tmp_path, case):
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expect in errors[0], out
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_gpus_2_runs_ddp_processes(tiny_data, tmp_path):
+    """--gpus 2 relaunches under torchrun; on this CPU-only machine the two ranks talk over gloo."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "taoflow.backends.native", "train", "-e", tiny_data / "spec.txt",
+                          "-r", tmp_path / "ddp", "--gpus", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("Training finished") == 1
+    assert sorted(p.name for p in (tmp_path / "ddp/weights").iterdir()) == ["ssd_resnet10_epoch_001.pth",
+                                                                             "ssd_resnet10_epoch_002.pth"]
+    assert len(list(open(tmp_path / "ddp/ssd_training_log_resnet10.csv"))) == 3  # header + 2 epochs, one writer
