@@ -172,7 +172,8 @@ def test_gpus_2_runs_ddp_processes(tiny_data, tmp_path):
     """--gpus 2 relaunches under torchrun; on this CPU-only machine the two ranks talk over gloo."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "taoflow.backends.native", "train", "-e", tiny_data / "spec.txt",
+    spec = write_spec(tmp_path / "spec.txt", tiny_data)
+    out = subprocess.run([sys.executable, "-m", "taoflow.backends.native", "train", "-e", spec,
                           "-r", tmp_path / "ddp", "--gpus", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("Training finished") == 1
