@@ -164,7 +164,9 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
                 break
             # Each rank takes its own slice of the same global batch, so world size changes nothing but speed.
             idx = order[it * per_step:(it + 1) * per_step][rank::world]
-            if len(idx) == 0:
+            if len(idx) < 2:
+                # BatchNorm cannot train on one image at the 1x1 maps (Keras would silently use zero variance);
+                # a lone trailing image is skipped this epoch and lands in a full batch after the next shuffle.
                 break
             batch = make_batch(data, idx, epoch_rng, spec.effective.augmentation_config, (h, w), mean, device)
             if device.type == "cuda":

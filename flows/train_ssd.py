@@ -1,0 +1,203 @@
+"""Prefect flow `train-ssd`: convert -> split -> tfrecords -> train -> evaluate -> prune -> retrain -> evaluate ->
+inference grid -> export -> gates -> deploy. Each task is a thin wrapper over a content-addressed stage function of
+taoflow.pipeline, so an identical re-run executes nothing heavy and a killed run resumes where it stopped."""
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from taoflow import gates as quality
+from taoflow import pipeline as P
+from taoflow import report as R
+from taoflow.store import Store
+
+
+def _executor(backend):
+    if backend == "native":
+        from taoflow.backends.native.executor import NativeExecutor
+        return NativeExecutor()
+    raise ValueError("the TAO backend is selected with backend='tao' once its executor adapter lands; "
+                     "use backend='native'")
+
+
+def _cfg(d):
+    return P.RunConfig(**d)
+
+
+def _res(d):
+    return P.StageResult(**d)
+
+
+@task(name="convert")
+def convert(cfg):
+    return P.stage_convert(Store(cfg["workspace"]), _cfg(cfg)).to_dict()
+
+
+@task(name="split")
+def split(cfg, converted):
+    return P.stage_split(Store(cfg["workspace"]), _cfg(cfg), _res(converted)).to_dict()
+
+
+@task(name="tfrecords")
+def tfrecords(cfg, split_result):
+    return P.stage_tfrecords(Store(cfg["workspace"]), _cfg(cfg), _res(split_result)).to_dict()
+
+
+@task(name="train")
+def train(cfg, records, split_result, backend):
+    return P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
+                         _executor(backend)).to_dict()
+
+
+@task(name="evaluate")
+def evaluate(cfg, trained, backend, name):
+    return P.stage_evaluate(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend), name).to_dict()
+
+
+@task(name="prune")
+def prune(cfg, trained, backend):
+    return P.stage_prune(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend)).to_dict()
+
+
+@task(name="retrain")
+def retrain(cfg, records, split_result, pruned, backend):
+    return P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result), _executor(backend),
+                         name="retrain", pruned=_res(pruned)).to_dict()
+
+
+@task(name="export")
+def export(cfg, retrained, backend):
+    return P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend)).to_dict()
+
+
+@task(name="report")
+def build_report(cfg, stages, backend, map_floor, parity_tolerance):
+    """Inference grid, model comparison, gates and curves; content-addressed like every other stage."""
+    material = {"stages": {k: v["key"] for k, v in stages.items()}, "map_floor": map_floor,
+                "parity_tolerance": parity_tolerance}
+
+    def produce(run_dir, _key):
+        return _report(stages, backend, Path(run_dir), map_floor, parity_tolerance)
+    result = P.run_stage(Store(cfg["workspace"]), "report", material, produce)
+    return dict(result.meta, path=result.path, cached=result.cached, key=result.key)
+
+
+def _report(stages, backend, run_dir, map_floor, parity_tolerance):
+    trained, pruned, retrained, exported = (_res(stages[k]) for k in ("train", "prune", "retrain", "export"))
+    spec = Path(retrained.path) / "experiment_spec.txt"
+    val_images = sorted((Path(stages["split"]["path"]) / "out" / "val" / "image").iterdir())
+    infer_dir = run_dir / "inference"
+    _executor(backend).infer(spec, P.checkpoint_of(retrained), val_images[0].parent, infer_dir)
+    rows = []
+    for name, stage, ckpt in (("unpruned", "evaluate", P.checkpoint_of(trained)),
+                              ("pruned", None, Path(pruned.path) / "pruned.pth"),
+                              ("retrained", "evaluate_retrained", P.checkpoint_of(retrained))):
+        metrics = stages[stage]["meta"]["metrics"] if stage else {"mAP": float("nan")}
+        rows.append(dict(model=name, **R.model_stats(ckpt), **{k: v for k, v in metrics.items()
+                                                               if k == "mAP" or k.startswith("AP_")}))
+    final_map = rows[-1]["mAP"]
+    checks = [quality.map_floor(final_map, map_floor),
+              quality.export_parity(spec, P.checkpoint_of(retrained), Path(exported.path) / "model.onnx",
+                                    val_images[:8], rtol=parity_tolerance)]
+    curves = R.training_curves({"train": trained.meta["history"], "retrain": retrained.meta["history"]},
+                               run_dir / "training_curves.png")
+    pr = json.loads((Path(stages["evaluate_retrained"]["path"]) / "pr_curves.json").read_text())
+    pr_png = R.pr_curves(pr, run_dir / "pr_curves.png")
+    grid = R.detection_grid(sorted((infer_dir / "images_annotated").iterdir())[:8], run_dir / "detections.png")
+    rel = lambda p: str(Path(p).relative_to(run_dir)) if p else None  # noqa: E731 (paths move on commit)
+    images = {"curves": rel(curves), "pr": rel(pr_png), "detections": rel(grid)}
+    return {"rows": rows, "gates": checks, "images": images, "inference": rel(infer_dir)}
+
+
+@flow(name="train-ssd", log_prints=True)
+def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
+              dataset_path: str = "workspace/raw/crpd_demo",
+              spec_set: Literal["demo_cpu", "crpd", "crpd_plate_type", "traffic"] = "demo_cpu",
+              backend: Literal["native", "tao"] = "native",
+              prune_threshold: float = 0.1,
+              prune_criterion: Literal["union", "intersection", "arithmetic_mean", "geometric_mean"] = "intersection",
+              export_precision: Literal["fp32", "fp16", "int8"] = "fp16",
+              map_floor: float = 0.85,
+              parity_tolerance: float = 1e-3,
+              val_split: int = 10,
+              tfrecords_spec: Optional[str] = None,
+              train_spec: Optional[str] = None,
+              retrain_spec: Optional[str] = None,
+              workspace: str = "workspace",
+              deploy_inventory: Optional[str] = None,
+              deploy_group: Optional[str] = None,
+              clearml: bool = True) -> dict:
+    logger = get_run_logger()
+    ws = Path(workspace).resolve()
+    cfg = P.RunConfig(workspace=str(ws), dataset_kind=dataset_kind, dataset_path=str(Path(dataset_path).resolve()),
+                      spec_set=spec_set, val_split=val_split, prune_threshold=prune_threshold,
+                      prune_criterion=prune_criterion, export_precision=export_precision,
+                      tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec).__dict__
+    tracker = None
+    if clearml:
+        from taoflow.tracking import Tracker
+        tracker = Tracker(ws, "taoflow", f"train-ssd {spec_set}", tags=[spec_set, backend])
+        tracker.params("run", {k: v for k, v in cfg.items() if k != "workspace"})
+        for label, path in zip(("spec/tfrecords", "spec/train", "spec/retrain"), _cfg(cfg).spec_paths()):
+            tracker.params(label, {"file": str(path), "text": path.read_text()})
+    try:
+        stages = {}
+        stages["convert"] = convert(cfg)
+        stages["split"] = split(cfg, stages["convert"])
+        stages["tfrecords"] = tfrecords(cfg, stages["split"])
+        stages["train"] = train(cfg, stages["tfrecords"], stages["split"], backend)
+        stages["evaluate"] = evaluate(cfg, stages["train"], backend, "evaluate")
+        stages["prune"] = prune(cfg, stages["train"], backend)
+        stages["retrain"] = retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend)
+        stages["evaluate_retrained"] = evaluate(cfg, stages["retrain"], backend, "evaluate_retrained")
+        stages["export"] = export(cfg, stages["retrain"], backend)
+        passport = P.passport([_res(s) for s in stages.values()])
+        passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
+                               if k == "mAP" or k.startswith("AP_")}
+        rep = build_report(cfg, stages, backend, map_floor, parity_tolerance)
+        rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
+        run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "passport.json").write_text(json.dumps(passport, indent=2))
+        markdown = R.summary_markdown(passport, rep["rows"], rep["gates"], {
+            "exported model": str(Path(stages["export"]["path"]) / "model.onnx"), **rep["images"],
+            "inference": str(Path(rep["path"]) / rep["inference"])})
+        (run_dir / "report.md").write_text(markdown)
+        create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
+        create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                               for r in rep["rows"]], key="model-comparison", description="unpruned/pruned/retrained")
+        if tracker:
+            tracker.scalars("train", "train", stages["train"]["meta"]["history"])
+            tracker.scalars("retrain", "retrain", stages["retrain"]["meta"]["history"])
+            tracker.artifact("passport", passport)
+            tracker.artifact("report", run_dir / "report.md")
+            tracker.artifact("dataset_statistics", stages["split"]["meta"])
+            for png in rep["images"].values():
+                if png:
+                    tracker.image("report", png)
+            tracker.model(Path(stages["export"]["path"]) / "model.onnx", f"ssd-{spec_set}", passport)
+        gates_ok = all(g["passed"] for g in rep["gates"])
+        deployed = None
+        if not gates_ok:
+            logger.warning("gates failed, not deploying: %s", [g for g in rep["gates"] if not g["passed"]])
+        elif deploy_inventory:
+            raise ValueError("deploying from train-ssd needs the deploy-ssd flow (issue 6); run it on "
+                             f"{stages['export']['path']} with {deploy_inventory}")
+        summary = {
+            "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
+            "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},
+            "model": str(Path(stages["export"]["path"]) / "model.onnx"), "report": str(run_dir / "report.md"),
+            "run_dir": str(run_dir), "deployed": deployed,
+        }
+    except BaseException:
+        if tracker:
+            tracker.close()
+        raise
+    if tracker:
+        summary["clearml_session"] = tracker.close()
+        where = f"offline session: {summary['clearml_session']}" if tracker.offline else "task closed"
+        logger.info("ClearML %s", where)
+    return summary

@@ -1,0 +1,37 @@
+"""Quality gates a model passes before it may reach a device. Each returns {"name", "passed", "detail"}."""
+
+import numpy as np
+
+
+def map_floor(map_value, floor):
+    return {"name": "mAP floor", "passed": bool(map_value >= floor), "detail": f"mAP {map_value:.4f} vs floor {floor}"}
+
+
+def no_regression(map_value, deployed_map, max_drop):
+    if deployed_map is None:
+        return {"name": "no regression", "passed": True, "detail": "no model deployed yet"}
+    passed = map_value >= deployed_map - max_drop
+    return {"name": "no regression", "passed": bool(passed),
+            "detail": f"mAP {map_value:.4f} vs deployed {deployed_map:.4f} (max drop {max_drop})"}
+
+
+def export_parity(spec_path, checkpoint, onnx_path, image_paths, rtol=1e-3, score_floor=0.05):
+    """The exported ONNX (ONNX Runtime) must give PyTorch's boxes and scores on held-out images."""
+    import onnxruntime as ort
+    import torch
+
+    from .backends.native.build import anchors_for
+    from .backends.native.evaluate import load_model_for, predict, preprocess, read_image
+    spec, model, arch = load_model_for(spec_path, checkpoint)
+    c, h, w = arch["input"]
+    batch = np.stack([preprocess(read_image(p), c, h, w, spec.image_mean()) for p in image_paths])
+    ob, os_ = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"Input": batch})
+    tb, ts = predict(model, torch.from_numpy(batch), anchors_for(spec, arch["nlayers"]), spec.variances)
+    relevant = ts[..., 1:].max(-1) > score_floor
+    box_err = float(np.max(np.abs(ob[relevant] - tb[relevant]) / np.maximum(np.abs(tb[relevant]), 1e-2),
+                           initial=0.0))
+    score_err = float(np.max(np.abs(os_ - ts)))
+    passed = box_err <= rtol and score_err <= rtol
+    return {"name": "export parity", "passed": bool(passed),
+            "detail": f"{len(image_paths)} images: box rel err {box_err:.2e}, score abs err {score_err:.2e} "
+                      f"(tolerance {rtol})"}

@@ -1,0 +1,104 @@
+"""Run reports: training curves, PR curves, a grid of annotated detections, model comparison and the passport.
+
+The same files feed Prefect artifacts and the ClearML task, and stay in the run directory for people who use
+neither.
+"""
+
+import math
+import time
+
+import cv2
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def training_curves(histories, out_png):
+    """Loss and mAP per epoch for each training stage (train, retrain) side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r.get("loss", math.nan) for r in rows], label=name)
+        pts = [(r["epoch"], r["mAP"]) for r in rows if r.get("mAP") == r.get("mAP") and "mAP" in r]
+        if pts:
+            axes[1].plot(*zip(*pts), marker="o", label=name)
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title="validation mAP", xlabel="epoch", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def pr_curves(pr_by_class, out_png, title="precision / recall"):
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, pr in pr_by_class.items():
+        ax.plot(pr["recall"], pr["precision"], label=name)
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def detection_grid(image_paths, out_png, cols=4, cell=(320, 240)):
+    """Tile annotated inference images (TAO's images_annotated/) into one picture, as TAO's notebook shows."""
+    tiles = []
+    for p in image_paths:
+        img = cv2.imread(str(p))
+        if img is not None:
+            tiles.append(cv2.resize(img, cell, interpolation=cv2.INTER_AREA))
+    if not tiles:
+        return None
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
+    cv2.imwrite(str(out_png), np.concatenate(rows, 0))
+    return out_png
+
+
+def model_stats(checkpoint, runs=10):
+    """Parameters, GFLOPs (multiply-accumulates) and CPU latency at batch 1 of a native checkpoint."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .backends.native.checkpoint import build_from_checkpoint, load_checkpoint
+    state = load_checkpoint(checkpoint)
+    model = build_from_checkpoint(state).eval()
+    c, h, w = state["arch"]["input"]
+    x = torch.zeros(1, c, h, w)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    with torch.no_grad():
+        model(x)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            model(x)
+    return {"params": sum(p.numel() for p in model.parameters()), "gflops": counter.get_total_flops() / 2e9,
+            "cpu_latency_ms": 1000 * (time.perf_counter() - t0) / runs}
+
+
+def summary_markdown(passport, rows, gates, paths):
+    """The report a person reads first: gates, model comparison, passport."""
+    lines = ["# train-ssd report", "", f"Passport `{passport['id']}`", ""]
+    lines += ["## Gates", "", "| gate | passed | detail |", "|---|---|---|"]
+    lines += [f"| {g['name']} | {'yes' if g['passed'] else '**no**'} | {g['detail']} |" for g in gates]
+    classes = sorted({k[3:] for r in rows for k in r if k.startswith("AP_")})
+    lines += ["", "## Models", "", "| model | params | GFLOPs | mAP | " + " | ".join(f"AP {c}" for c in classes)
+              + " | CPU ms |", "|---" * (5 + len(classes)) + "|"]
+    for r in rows:
+        aps = " | ".join(f"{r.get('AP_' + c, float('nan')):.4f}" for c in classes)
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['gflops']:.3f} | {r['mAP']:.4f} | {aps} | "
+                     f"{r['cpu_latency_ms']:.1f} |")
+    lines += ["", "## Passport (stage keys, raw data to exported model)", "", "| stage | key |", "|---|---|"]
+    lines += [f"| {stage} | `{key}` |" for stage, key in passport["stages"].items()]
+    lines += ["", "## Files", ""] + [f"- {name}: `{path}`" for name, path in paths.items() if path]
+    return "\n".join(lines) + "\n"
