@@ -13,6 +13,7 @@ from .errors import TaoflowError
 # by default add_cli_arguments and run_cli.
 COMMANDS = {
     ("demo",): ("taoflow.demo", "run the pipeline on generated demo data (the README's main command)"),
+    ("serve",): ("taoflow.serve", "serve the train-ssd deployments (starts a local Prefect server if needed)"),
     ("demo-data",): ("taoflow.datasets.demo", "generate a synthetic CRPD-format license-plate dataset"),
     ("convert", "crpd"): ("taoflow.datasets.crpd", "CRPD quadrilateral plates -> KITTI labels"),
     ("convert", "kitti"): ("taoflow.datasets.kitti", "KITTI traffic labels -> remapped 15-field KITTI labels"),
@@ -20,6 +21,11 @@ COMMANDS = {
     ("tfrecords",): ("taoflow.datasets.tfrecords", "TFRecords exactly as `tao ssd dataset_convert` writes them"),
     ("spec", "check"): ("taoflow.spec.cli", "parse and validate TAO spec files", "check"),
     ("spec", "render"): ("taoflow.spec.cli", "print a spec with its paths made absolute", "render"),
+    ("fleet", "status"): ("taoflow.deploy.cli", "models, versions and passports on each device", "status"),
+    ("fleet", "rollback"): ("taoflow.deploy.cli", "switch a device back to its previous (or a given) version",
+                            "rollback"),
+    ("device", "doctor"): ("taoflow.deploy.cli", "what a device has and lacks for deploys, with advice", "doctor"),
+    ("tao", "preflight"): ("taoflow.backends.tao.cli", "check that TAO can run through the launcher"),
 }
 
 
