@@ -27,7 +27,7 @@ from taoflow.backends.native.evaluate import evaluate_model, load_model_for  # n
 from taoflow.backends.native.export import export_onnx  # noqa: E402
 from taoflow.backends.native.prune import prune_checkpoint  # noqa: E402
 from taoflow.backends.native.train import train  # noqa: E402
-from taoflow.demo import run_demo  # noqa: E402
+from taoflow.demo import prepare_data_stage  # noqa: E402
 from taoflow.spec import load_experiment, render, rewrite_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def main():
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="taoflow-prune-"))
-    run_demo(ws, num_images=args.images, workers=os.cpu_count(), progress=False)
+    prepare_data_stage(ws, num_images=args.images, workers=os.cpu_count(), progress=False)
     size = {"augmentation_config.output_width": args.size, "augmentation_config.output_height": args.size}
     train_spec = render_spec("ssd_train_resnet10_demo_cpu.txt", ws, ws / "train.txt", **size,
                              **{"training_config.num_epochs": args.epochs, "training_config.batch_size_per_gpu": 16,

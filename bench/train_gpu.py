@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from taoflow.backends.native.build import anchors_for, build_model, soft_start_annealing_lr  # noqa: E402
 from taoflow.backends.native.data import load_tfrecords, make_batch  # noqa: E402
 from taoflow.backends.native.train import CACHE_SCALE, train_step  # noqa: E402
-from taoflow.demo import run_demo  # noqa: E402
+from taoflow.demo import prepare_data_stage  # noqa: E402
 from taoflow.spec import load_experiment, render, rewrite_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def main():
     torch.backends.cudnn.benchmark = True
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="taoflow-bench-"))
     t0 = time.perf_counter()
-    run_demo(ws, num_images=args.images, workers=os.cpu_count(), progress=False)
+    prepare_data_stage(ws, num_images=args.images, workers=os.cpu_count(), progress=False)
     print(f"data stage for {args.images} generated images: {time.perf_counter() - t0:.1f} s", flush=True)
 
     spec_path = REPO / "specs/crpd/ssd_train_resnet18_crpd.txt"

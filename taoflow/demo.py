@@ -1,8 +1,9 @@
 """`taoflow demo`: the README's main command, on embedded demo data.
 
-Today it runs the data stage end to end — generate a CRPD-format dataset, convert it to KITTI, split off a
-validation set, write TAO-layout TFRecords from a rendered copy of specs/crpd/ssd_tfrecords_crpd.txt — and prints
-where everything is. Training, export and deployment join as those stages land.
+Generates a CRPD-format dataset into <workspace>/raw/crpd_demo (once), runs the `train-ssd` flow on it with the
+CPU demo specs (convert, split, TFRecords, train, evaluate, prune, retrain, evaluate, export, gates, report,
+ClearML offline) and prints where the report, the ClearML session and the model are. Re-running reuses every stage
+whose inputs did not change. `prepare_data_stage` runs the data stage alone, for the benchmarks.
 """
 
 import json
@@ -20,69 +21,91 @@ from .parallel import default_workers
 from .spec import load_dataset_export, render, rewrite_paths
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+DEMO_IMAGES = 400
 
 
-def run_demo(workspace="workspace", num_images=300, seed=0, workers=None, progress=True, fresh=False):
+def demo_dataset(workspace, num_images=DEMO_IMAGES, seed=0, workers=None, progress=True):
+    raw = Path(workspace).resolve() / "raw" / "crpd_demo"
+    if not raw.exists():
+        generate_crpd(raw, num_images=num_images, seed=seed, workers=workers or default_workers(), progress=progress)
+    return raw
+
+
+def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None, progress=True, map_floor=0.85):
+    """Run train-ssd on the demo data; return a machine-readable summary."""
+    t0 = time.time()
+    ws = Path(workspace).resolve()
+    ws.mkdir(parents=True, exist_ok=True)
+    raw = demo_dataset(ws, num_images, seed, workers, progress)
+    os.environ.setdefault("PREFECT_HOME", str(ws / "prefect"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import sys
+    sys.path.insert(0, str(SPECS_DIR.parent))
+    from flows.train_ssd import train_ssd
+    result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
+                       map_floor=map_floor)
+    summary = {
+        "map": result["map"],
+        "gates_passed": result["gates_passed"],
+        "gates": result["gates"],
+        "stages_run": [k for k, v in result["stages"].items() if not v["cached"]],
+        "stages_cached": [k for k, v in result["stages"].items() if v["cached"]],
+        "deployed_devices": result["deployed"] or [],
+        "wall_seconds": round(time.time() - t0, 1),
+        "passport": result["passport"]["id"],
+        "paths": {"workspace": str(ws), "dataset": str(raw), "model": result["model"], "report": result["report"],
+                  "clearml_session": result.get("clearml_session")},
+    }
+    write_text_atomic(ws / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def prepare_data_stage(workspace, num_images=300, seed=0, workers=None, progress=True, fresh=False):
+    """Data stage alone on demo data: <ws>/data/crpd/{kitti,split,tfrecords}, from specs/crpd's TFRecords spec."""
     ws = Path(workspace).resolve()
     workers = workers or default_workers()
     spec_path = SPECS_DIR / "crpd" / "ssd_tfrecords_crpd.txt"
     if not spec_path.is_file():
-        raise TaoflowError(f"{spec_path} not found: run taoflow demo from a taoflow checkout (pip install -e .)")
-    t0 = time.time()
+        raise TaoflowError(f"{spec_path} not found: run from a taoflow checkout (pip install -e .)")
     raw = ws / "raw" / "crpd_demo"
     data_root = ws / "data"
     kitti, split, records = (data_root / "crpd" / name for name in ("kitti", "split", "tfrecords"))
-    replace = bool(fresh)
-    steps = {}
     if fresh or not raw.exists():
-        steps["demo_data"] = generate_crpd(raw, num_images=num_images, seed=seed, workers=workers, progress=progress,
-                                           replace=replace)
-    steps["convert"] = convert_crpd(raw, kitti, workers=workers, progress=progress, replace=True)
-    steps["split"] = split_dataset(kitti / "train" / "image", kitti / "train" / "label", split, val_split=10,
-                                   workers=workers, progress=progress, replace=True)
-    # Render the shipped spec for this run: its relative data paths become absolute workspace paths.
+        generate_crpd(raw, num_images=num_images, seed=seed, workers=workers, progress=progress, replace=fresh)
+    convert_crpd(raw, kitti, workers=workers, progress=progress, replace=True)
+    split_dataset(kitti / "train" / "image", kitti / "train" / "label", split, val_split=10, workers=workers,
+                  progress=progress, replace=True)
     spec = load_dataset_export(spec_path)
     rendered = rewrite_paths(spec.raw, lambda _field, value: os.path.join(data_root, value))
     run_spec = ws / "specs" / spec_path.name
     run_spec.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_spec, render(rendered))
-    steps["tfrecords"] = dataset_convert(run_spec, records / "crpd_train", workers=workers, progress=progress,
-                                         replace=True)
-    summary = {
-        "workspace": str(ws),
-        "raw_dataset": str(raw),
-        "kitti": str(kitti),
-        "split": str(split),
-        "tfrecords": str(records),
-        "dataset_convert_spec": str(run_spec),
-        "images": steps["tfrecords"]["num_images"],
-        "objects": steps["tfrecords"]["objects"],
-        "wall_seconds": round(time.time() - t0, 2),
-    }
-    write_text_atomic(ws / "demo_summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return summary
+    report = dataset_convert(run_spec, records / "crpd_train", workers=workers, progress=progress, replace=True)
+    return {"tfrecords": str(records), "split": str(split), "images": report["num_images"]}
 
 
 def add_cli_arguments(parser):
     parser.add_argument("-w", "--workspace", default="workspace", help="data and results (default ./workspace)")
-    parser.add_argument("-n", "--num-images", type=int, default=300, help="demo images to generate")
+    parser.add_argument("-n", "--num-images", type=int, default=DEMO_IMAGES, help="demo images to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-j", "--workers", type=int, default=None, help="parallel processes (default: CPU count)")
-    parser.add_argument("--fresh", action="store_true", help="regenerate the demo data even if it exists")
+    parser.add_argument("--map-floor", type=float, default=0.85, help="quality gate: minimum mAP to deploy")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args):
     summary = run_demo(args.workspace, num_images=args.num_images, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress, fresh=args.fresh)
+                       progress=not args.no_progress, map_floor=args.map_floor)
     if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        print(json.dumps(summary, indent=2))
         return 0
-    print(f"taoflow demo finished in {summary['wall_seconds']} s (data stage; training lands with the SSD backend)")
-    print(f"  demo CRPD dataset : {summary['raw_dataset']}")
-    print(f"  KITTI labels      : {summary['kitti']}")
-    print(f"  train/val split   : {summary['split']}")
-    print(f"  TFRecords         : {summary['tfrecords']}  ({summary['images']} images, objects {summary['objects']})")
-    print(f"  rendered spec     : {summary['dataset_convert_spec']}")
-    return 0
+    p = summary["paths"]
+    print(f"taoflow demo finished in {summary['wall_seconds']} s: mAP {summary['map']:.4f}, "
+          f"gates {'passed' if summary['gates_passed'] else 'FAILED'}, passport {summary['passport']}")
+    print(f"  stages run: {', '.join(summary['stages_run']) or 'none (all reused)'}")
+    print(f"  report          : {p['report']}")
+    print(f"  model           : {p['model']}")
+    print(f"  ClearML session : {p['clearml_session']}")
+    return 0 if summary["gates_passed"] else 1

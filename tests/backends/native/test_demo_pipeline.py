@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from taoflow.demo import run_demo
+from taoflow.demo import prepare_data_stage
 from taoflow.spec import load_experiment, render, rewrite_paths
 
 from .conftest import cli
@@ -21,7 +21,7 @@ def table_map(output):
 
 
 def test_cpu_demo_chain_reaches_map_085(tmp_path):
-    run_demo(tmp_path, num_images=400, progress=False)
+    prepare_data_stage(tmp_path, num_images=400, progress=False)
     specs = {}
     for kind in ("train", "retrain"):
         raw = load_experiment(REPO / f"specs/demo/ssd_{kind}_resnet10_demo_cpu.txt").raw
