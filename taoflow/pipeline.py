@@ -95,27 +95,72 @@ def spec_text_without_paths(message):
 
 
 def stage_convert(store, cfg: RunConfig):
-    from .datasets.crpd import convert_crpd
-    from .datasets.kitti import TRAFFIC_CLASS_MAP, convert_kitti
+    """Convert the raw dataset to KITTI; when a previous conversion of it exists, convert only what changed."""
     raw = Path(cfg.dataset_path)
     if not raw.is_dir():
         raise TaoflowError(f"dataset not found: {raw}")
     class_mode = SPEC_SETS[cfg.spec_set][4] or "lpd"
     manifest = tree_manifest(raw, store.hashes)
     store.hashes.save()
-    material = {"manifest": digest(manifest), "kind": cfg.dataset_kind, "class_mode": class_mode,
-                "code": code_version("datasets")}
+    code = code_version("datasets", "incremental.py")
+    material = {"manifest": digest(manifest), "kind": cfg.dataset_kind, "class_mode": class_mode, "code": code}
+    index_path = store.root / "convert" / "index.json"
+    lineage = digest({"dataset": str(raw.resolve()), "kind": cfg.dataset_kind, "class_mode": class_mode,
+                      "code": code})
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    previous = index.get(lineage)
+    if previous and not store.has("convert", previous["key"]):
+        previous = None
 
     def produce(tmp, _key):
-        if cfg.dataset_kind == "crpd":
-            report = convert_crpd(raw, tmp / "out", class_mode=class_mode, workers=cfg.workers, progress=False)
-        elif cfg.dataset_kind == "kitti":
-            report = convert_kitti(raw, tmp / "out", class_map=TRAFFIC_CLASS_MAP, workers=cfg.workers,
-                                   progress=False)
-        else:
-            raise TaoflowError(f"dataset_kind must be crpd or kitti, got {cfg.dataset_kind!r}")
-        return {"images": len(manifest), "report": _brief(report)}
-    return run_stage(store, "convert", material, produce)
+        from . import incremental
+        if previous is None:
+            report = _convert(cfg, raw, tmp / "out", class_mode)
+            return {"images": _count_units(manifest), "images_converted": _count_units(manifest),
+                    "report": _brief(report)}
+        prev_manifest = json.loads((store.path("convert", previous["key"]) / "manifest.json").read_text())
+        changed, removed = incremental.plan(prev_manifest, manifest)
+        delta_out, delta_report = None, None
+        if changed:
+            incremental.build_delta(raw, manifest, changed, tmp / "delta")
+            delta_report = _convert(cfg, tmp / "delta", tmp / "delta_out", class_mode)
+            delta_out = tmp / "delta_out"
+        reused = incremental.merge(store.path("convert", previous["key"]) / "out", delta_out, tmp / "out",
+                                   changed, removed)
+        shutil.rmtree(tmp / "delta", ignore_errors=True)
+        shutil.rmtree(tmp / "delta_out", ignore_errors=True)
+        log.info("incremental conversion: %d images converted, %d reused, %d removed", len(changed), reused,
+                 len(removed))
+        (tmp / "out" / "report.json").write_text(json.dumps(
+            {"step": "convert", "incremental": {"previous": previous["key"], "converted": len(changed),
+                                                "reused": reused, "removed": len(removed)},
+             "delta": delta_report}, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {"images": _count_units(manifest), "images_converted": len(changed), "images_reused": reused,
+                "images_removed": len(removed), "previous": previous["key"]}
+
+    def produce_with_manifest(tmp, key):
+        meta = produce(tmp, key)
+        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        return meta
+    result = run_stage(store, "convert", material, produce_with_manifest)
+    index[lineage] = {"key": result.key}
+    index_path.write_text(json.dumps(index, indent=2))
+    return result
+
+
+def _count_units(manifest):
+    from .incremental import unit_of
+    return len({unit_of(rel) for rel in manifest if unit_of(rel) is not None})
+
+
+def _convert(cfg, raw, out, class_mode):
+    from .datasets.crpd import convert_crpd
+    from .datasets.kitti import TRAFFIC_CLASS_MAP, convert_kitti
+    if cfg.dataset_kind == "crpd":
+        return convert_crpd(raw, out, class_mode=class_mode, workers=cfg.workers, progress=False)
+    if cfg.dataset_kind == "kitti":
+        return convert_kitti(raw, out, class_map=TRAFFIC_CLASS_MAP, workers=cfg.workers, progress=False)
+    raise TaoflowError(f"dataset_kind must be crpd or kitti, got {cfg.dataset_kind!r}")
 
 
 def _brief(report):

@@ -13,6 +13,11 @@ Why an exit marker: the launcher discards the task's exit status (it exits non-z
 carries captured output, which check_call never sets), so `tao` exits 0 when the task fails. A trailing
 `; echo <marker>=$?` runs in that same shell right after the task (after `docker exec` returns the task's status),
 which gives the real exit code back in the output stream.
+
+Output names: `-o` is passed as the caller gave it. TAO 5's prune appends `.hdf5` and its export `.onnx` when the
+name lacks them, and the native backend (which follows TAO's argv, so it can stand behind the launcher) appends
+`.pth` to a pruned model; `outputs` lists every name the task may have used, and the executor returns the one the
+run actually wrote (a file that is new or changed after the launcher returns), never a stale file of an earlier run.
 """
 
 import shlex
@@ -38,7 +43,7 @@ class TaoCommand:
     generation: str
     key: str = None
     key_index: int = None  # position of the key's value in args
-    outputs: dict = field(default_factory=dict)  # name -> host path TAO will write (e.g. the forced .hdf5)
+    outputs: dict = field(default_factory=dict)  # name -> host path TAO will write, or a tuple of candidates
 
     @property
     def task(self):
@@ -184,10 +189,8 @@ def _evaluate(c, r: EvaluateRequest):
 
 def _prune(c, r: PruneRequest):
     output = Path(r.output)
-    if c.generation == TAO5 and output.suffix != ".hdf5":
-        output = output.with_name(output.name + ".hdf5")  # what TAO 5's prune writes; say it in the argv
     c.path("-m", r.model)
-    c.path("-o", output)
+    c.path("-o", output)  # as asked: the task decides the suffix (see output_candidates)
     c.path("--results_dir", r.results_dir)
     c.key_arg()
     c.choice("-n", r.normalizer, ("max", "L2"))
@@ -199,7 +202,7 @@ def _prune(c, r: PruneRequest):
         c.args += ["-el", *r.excluded_layers]
     c.flag("-v", r.verbose)
     c.entrypoint(r)
-    c.outputs["model"] = output
+    c.outputs["model"] = output_candidates(output, ".hdf5" if c.generation == TAO5 else None, ".pth")
 
 
 def _inference(c, r: InferenceRequest):
@@ -249,7 +252,20 @@ def _export(c, r: ExportRequest):
     c.value("--max_batch_size", r.max_batch_size)
     c.path("--engine_file", r.engine_file)
     c.entrypoint(r)
-    c.outputs.update(model=Path(r.output), cal_cache=cal_cache, engine=r.engine_file and Path(r.engine_file))
+    c.outputs.update(model=output_candidates(r.output, ".onnx"), cal_cache=cal_cache,
+                     engine=r.engine_file and Path(r.engine_file))
+
+
+def output_candidates(output, *forced):
+    """Where a task asked to write `output` may put it: the name as given, or with a suffix the task appends when
+    the name lacks it (TAO 5 prune: .hdf5; TAO 5 export: .onnx; the native backend: .pth for prune, .onnx for
+    export). The executor reports the candidate the run actually wrote."""
+    output = Path(output)
+    found = [output]
+    for suffix in forced:
+        if suffix and output.suffix != suffix:
+            found.append(output.with_name(output.name + suffix))
+    return tuple(found)
 
 
 def _cal_cache(r, default_dir):

@@ -3,7 +3,13 @@
 Per step it: checks the machine once (preflight), makes the step's paths visible in the container (mounts),
 renders a container-side copy of the spec, builds the command for the launcher's generation, writes the step's
 mounts file and points $LAUNCHER_MOUNTS at it, runs the launcher with its output streamed (masked) into the step
-directory, turns any failure into a TaoRunError with the log's tail, and parses what TAO wrote.
+directory, turns any failure into a TaoRunError with the log's tail, and parses what TAO wrote into the typed
+results shared with the native backend (taoflow.backends.results).
+
+Outputs are what the run actually wrote: the files a step may produce (every name TAO or the native backend may
+give a pruned or exported model, export's sidecars, calibration files) are stat'ed before the launcher starts, and a
+result names only files that are new or changed afterwards, so a stale file of an earlier run is never reported.
+status.json records are those appended by this run (all of them when the task rewrote the file).
 
 Run directory layout (one directory per launcher call):
     <run_dir>/tao/<NN>-<task>/command.txt   masked command line
@@ -21,7 +27,7 @@ from pathlib import Path
 
 from ...errors import OutputExistsError, TaoflowError
 from . import results as R
-from .commands import build_command
+from .commands import build_command, output_candidates
 from .launcher import TAO5, check_supported, find_launcher, probe_launcher
 from .masking import mask_data, resolve_key, secret_env_values
 from .mounts import MOUNTS_ENV, clearml_envs, docker_options, mounts_document, write_mounts_file
@@ -116,11 +122,12 @@ class TaoExecutor:
 
         status_file = self._status_dir(request, info.generation)
         status_file = status_file / "status.json" if status_file is not None else None
-        offset = status_file.stat().st_size if status_file is not None and status_file.is_file() else 0
+        status_before = _read_bytes(status_file) if status_file is not None else None
+        outputs = _Outputs(_watched(request, command))
         marker = f"TAOFLOW_EXIT_{secrets.token_hex(6)}"
         run = run_launcher([info.path, *command.launcher_args(KEY_VAR, marker)], env, step_dir / "launcher.log",
                            hidden, marker, header=f"$ {shown}", use_pty=not disabled, on_line=on_line, cwd=step_dir)
-        status = mask_data(R.read_status(status_file, offset), hidden) if status_file is not None else []
+        status = mask_data(status_since(status_file, status_before), hidden) if status_file is not None else []
 
         def fail(message):
             tail = [pathmap.translate_text(line) for line in run.tail]
@@ -138,7 +145,7 @@ class TaoExecutor:
         if failed:
             fail("status.json records FAILURE: " + pathmap.translate_text(str(failed[-1].get("message", ""))))
         base = dict(command=shown, log=run.log, status=status)
-        return _PARSERS[request.task](request, command, base, run, fail)
+        return _PARSERS[request.task](request, command, base, run, fail, outputs)
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _next_step_dir(self, task):
@@ -160,10 +167,13 @@ class TaoExecutor:
         for name in OUTPUT_FILE_FIELDS:
             if getattr(request, name, None) is not None:
                 Path(getattr(request, name)).parent.mkdir(parents=True, exist_ok=True)
-        if request.task == "export" and Path(request.output).exists() and generation == TAO5:
-            if not request.replace:  # TAO 5's export refuses to overwrite, after loading the model
-                raise OutputExistsError(f"export output already exists: {request.output} (pass replace=True)")
-            Path(request.output).unlink()
+        if request.task == "export":
+            present = [p for p in output_candidates(request.output, ".onnx") if p.exists()]
+            if present and request.replace:
+                for path in present:
+                    path.unlink()
+            elif present and generation == TAO5:  # TAO 5's export refuses to overwrite, after loading the model
+                raise OutputExistsError(f"export output already exists: {present[0]} (pass replace=True)")
 
     @staticmethod
     def _status_dir(request, generation):
@@ -175,64 +185,124 @@ class TaoExecutor:
         return None if value is None else Path(value)
 
 
+def _stat(path):
+    """(inode, mtime_ns, size) of a file, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if os.path.isfile(path) else None
+
+
+def _watched(request, command):
+    """Every file the step may write whose freshness decides what its result names."""
+    paths = []
+    for value in command.outputs.values():
+        if value is None:
+            continue
+        paths += [Path(v) for v in value] if isinstance(value, tuple) else [Path(value)]
+    if request.task == "export":
+        for model in command.outputs["model"]:
+            paths += [model.parent / name for name in R.EXPORT_SIDECARS.values()]
+        paths += [p for p in (request.cal_data_file, Path(request.output).parent / "cal_data.npy") if p]
+    return paths
+
+
+def _read_bytes(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def status_since(path, before):
+    """The status.json records this run wrote, given the file's content `before` it (None: there was none): what
+    was appended, or all of it when the task started the file afresh (TAO and the native backend both replace the
+    file for a new run; the content no longer starts with what was there)."""
+    data = _read_bytes(path)
+    if data is None:
+        return []
+    offset = len(before) if before and data.startswith(before) else 0
+    return R.read_status(path, offset)
+
+
+class _Outputs:
+    """The watched files' state before the launcher ran; `fresh` tells which ones this run wrote."""
+
+    def __init__(self, paths):
+        self.before = {Path(p): _stat(p) for p in paths}
+
+    def fresh(self, path):
+        if path is None:
+            return None
+        path = Path(path)
+        now = _stat(path)
+        return path if now is not None and now != self.before.get(path) else None
+
+    def first_fresh(self, candidates):
+        return next((p for p in map(self.fresh, candidates) if p is not None), None)
+
+
 def _log_text(run):
     return run.log.read_text(encoding="utf-8")
 
 
-def _dataset_convert(request, command, base, run, fail):
+def _dataset_convert(request, command, base, run, fail, outputs):
     records, index, warning = R.dataset_records(request.output_prefix)
     if not records:
         fail(f"no TFRecords were written for {request.output_prefix}")
     return R.DatasetConvertResult(**base, records=records, index_files=index, warning_file=warning)
 
 
-def _train(request, command, base, run, fail):
+def _train(request, command, base, run, fail, outputs):
     found = R.checkpoints(request.results_dir)
     if not found:
         fail(f"no checkpoint in {Path(request.results_dir) / 'weights'} (checkpoint_interval > num_epochs?)")
     csv_file = R.training_csv(request.results_dir)
     rows = R.read_training_csv(csv_file) if csv_file else []
-    return R.TrainResult(**base, results_dir=Path(request.results_dir), checkpoints=found, training_log=rows,
+    return R.TrainResult(**base, results_dir=Path(request.results_dir), checkpoints=found, history=rows,
                          csv_file=csv_file)
 
 
-def _evaluate(request, command, base, run, fail):
-    ap, mean = R.parse_ap_table(_log_text(run))
+def _evaluate(request, command, base, run, fail, outputs):
+    ap, mean = R.evaluate_values(_log_text(run), base["status"])
     if mean is None:
         fail("no AP/mAP table in TAO's output")
     return R.EvaluateResult(**base, ap=ap, map=mean)
 
 
-def _prune(request, command, base, run, fail):
-    model = Path(command.outputs["model"])
-    if not model.is_file():
-        fail(f"the pruned model {model} was not written")
+def _prune(request, command, base, run, fail, outputs):
+    candidates = command.outputs["model"]
+    model = outputs.first_fresh(candidates)
+    if model is None:
+        fail(f"the pruned model was not written (looked for {', '.join(str(p) for p in candidates)})")
     ratio = R.parse_pruning_ratio(_log_text(run), base["status"])
-    return R.PruneResult(**base, model=model, pruning_ratio=ratio)
+    return R.PruneResult(**base, output=model, ratio=ratio, param_count=R.param_count(base["status"]))
 
 
-def _inference(request, command, base, run, fail):
+def _inference(request, command, base, run, fail, outputs):
     labels, images = Path(command.outputs["labels_dir"]), Path(command.outputs["images_dir"])
     if not labels.is_dir():
         fail(f"no label directory {labels}")
     return R.InferenceResult(**base, labels_dir=labels, images_dir=R.existing(images))
 
 
-def _export(request, command, base, run, fail):
-    model = command.outputs["model"]
-    if not model.is_file():
-        fail(f"the exported model {model} was not written")
-    return R.ExportResult(**base, model=model, labels=R.existing(model.parent / "labels.txt"),
-                          nvinfer_config=R.existing(model.parent / "nvinfer_config.txt"),
-                          cal_cache=R.existing(command.outputs["cal_cache"]),
-                          engine=R.existing(command.outputs["engine"]))
+def _export(request, command, base, run, fail, outputs):
+    candidates = command.outputs["model"]
+    model = outputs.first_fresh(candidates)
+    if model is None:
+        fail(f"the exported model was not written (looked for {', '.join(str(p) for p in candidates)})")
+    sidecars = {name: outputs.fresh(model.parent / file) for name, file in R.EXPORT_SIDECARS.items()}
+    cal_data = outputs.first_fresh([p for p in (request.cal_data_file, model.parent / "cal_data.npy") if p])
+    return R.ExportResult(**base, model_file=model, **sidecars, cal_cache=outputs.fresh(command.outputs["cal_cache"]),
+                          cal_data_file=cal_data, engine=outputs.fresh(command.outputs["engine"]))
 
 
-def _gen_trt_engine(request, command, base, run, fail):
-    engine = command.outputs["engine"]
-    if not engine.is_file():
-        fail(f"the TensorRT engine {engine} was not written")
-    return R.EngineResult(**base, engine=engine, cal_cache=R.existing(command.outputs["cal_cache"]))
+def _gen_trt_engine(request, command, base, run, fail, outputs):
+    engine = outputs.fresh(command.outputs["engine"])
+    if engine is None:
+        fail(f"the TensorRT engine {command.outputs['engine']} was not written")
+    return R.EngineResult(**base, engine=engine, cal_cache=outputs.fresh(command.outputs["cal_cache"]))
 
 
 _PARSERS = {"dataset_convert": _dataset_convert, "train": _train, "evaluate": _evaluate, "prune": _prune,

@@ -2,11 +2,14 @@
 
 TAO needs its model key on the command line (`-k KEY`). taoflow therefore never logs, raises or returns a raw
 command line: every string that leaves the TAO backend (the log file, exception messages, the `command` of a result,
-status.json records handed back) goes through `mask_secrets` first.
+status.json records handed back) goes through `mask_secrets` first. Flows mask what they publish (Prefect results,
+ClearML records, reports) with `mask_data(obj, secrets_to_mask(key))`, which also takes whole result objects.
 """
 
+import dataclasses
 import os
 import re
+from pathlib import PurePath
 
 from ...errors import TaoflowError
 
@@ -70,12 +73,31 @@ def mask_secrets(text, secrets):
     return text
 
 
+def secrets_to_mask(key=None, environ=None):
+    """Everything taoflow masks for a run: the model key (as resolve_key finds it) and the secret-looking
+    environment values. Build it once and hand it to mask_secrets / mask_data (flows: before a Prefect result, a
+    ClearML record or a report leaves the process)."""
+    environ = os.environ if environ is None else environ
+    return list(dict.fromkeys(s for s in (resolve_key(key, environ), *secret_env_values(environ)) if s))
+
+
 def mask_data(value, secrets):
-    """mask_secrets applied to every string inside nested dicts/lists/tuples (status.json records, result fields)."""
+    """mask_secrets applied to every string inside `value`: nested dicts/lists/tuples/sets (status.json records,
+    result_dict output), dataclass instances such as the step results (a masked copy) and paths. Other values are
+    returned as they are."""
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return value
     if isinstance(value, str):
         return mask_secrets(value, secrets)
+    if isinstance(value, PurePath):
+        masked = mask_secrets(str(value), secrets)
+        return value if masked == str(value) else type(value)(masked)
     if isinstance(value, dict):
         return {mask_data(k, secrets): mask_data(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return type(value)(mask_data(v, secrets) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: mask_data(getattr(value, f.name), secrets) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
     return value

@@ -36,7 +36,7 @@ CASES = [
      f"-m /r/train/weights/ssd_resnet18_epoch_080.hdf5 -k {KEY} -e /s/train.txt -r /r/eval --gpu_index 1",
      f"-m /r/train/weights/ssd_resnet18_epoch_080.hdf5 -k {KEY} -e /s/train.txt -r /r/eval --gpu_index 1"),
     (PruneRequest(model="/r/m.tlt", output="/r/prune/pruned"),
-     f"-m /r/m.tlt -o /r/prune/pruned.hdf5 -k {KEY}",  # TAO 5 forces .hdf5: the argv says where it lands
+     f"-m /r/m.tlt -o /r/prune/pruned -k {KEY}",  # as given: TAO 5 appends .hdf5 itself (see outputs)
      f"-m /r/m.tlt -o /r/prune/pruned -k {KEY}"),
     (PruneRequest(model="/r/m.hdf5", output="/r/prune/pruned.hdf5", results_dir="/r/prune", normalizer="L2",
                   equalization_criterion="intersection", pruning_granularity=8, pruning_threshold=0.1,
@@ -120,8 +120,15 @@ def test_suffix_and_option_rules():
         build_command(PruneRequest(model="/m", output="/o.hdf5", equalization_criterion="mean"), TAO5)
     with pytest.raises(TaoflowError, match="--arch must be one of"):
         build_command(TrainRequest(spec="/s", results_dir="/r", arch="yolo"), TAO5)
+    # -o goes as given; the result names whichever file the task wrote: TAO 5 appends .hdf5, native .pth
     prune = build_command(PruneRequest(model="/m", output="/o/p.tlt"), TAO5)
-    assert prune.outputs["model"].name == "p.tlt.hdf5"
+    assert [p.name for p in prune.outputs["model"]] == ["p.tlt", "p.tlt.hdf5", "p.tlt.pth"]
+    assert [p.name for p in build_command(PruneRequest(model="/m", output="/o/p.hdf5"), TAO5).outputs["model"]] == [
+        "p.hdf5", "p.hdf5.pth"]
+    assert [p.name for p in build_command(PruneRequest(model="/m", output="/o/p.tlt"), TAO4,
+                                          key=KEY).outputs["model"]] == ["p.tlt", "p.tlt.pth"]
+    export = build_command(ExportRequest(model="/m", output="/o/m.etlt"), TAO4, key=KEY)
+    assert [p.name for p in export.outputs["model"]] == ["m.etlt", "m.etlt.onnx"]
 
 
 def test_int8_calibration_cache_lands_next_to_the_outputs():

@@ -60,7 +60,7 @@ def run_pipeline(ex, generation, data_root, run_dir, lines):
                                            results_dir=run_dir / "prune", equalization_criterion="intersection",
                                            pruning_threshold=0.1), **common)
     results["retrain"] = ex.run(TrainRequest(spec=retrain_spec, results_dir=run_dir / "retrain", data_root=data_root,
-                                             resume_model=results["prune"].model), **common)
+                                             resume_model=results["prune"].output), **common)
     best = results["retrain"].last_checkpoint
     results["inference"] = ex.run(InferenceRequest(model=best, spec=retrain_spec, data_root=data_root,
                                                    image_dir=data_root / "crpd/test_images",
@@ -72,7 +72,7 @@ def run_pipeline(ex, generation, data_root, run_dir, lines):
                                              cal_cache_file=run_dir / "export/cal.bin", batches=1, batch_size=1),
                                **common)
     if generation == TAO5:
-        results["engine"] = ex.run(GenTrtEngineRequest(model=results["export"].model, spec=retrain_spec,
+        results["engine"] = ex.run(GenTrtEngineRequest(model=results["export"].model_file, spec=retrain_spec,
                                                        data_root=data_root, results_dir=run_dir / "engine",
                                                        engine_file=run_dir / "engine/model.engine",
                                                        data_type="fp16"), **common)
@@ -109,19 +109,19 @@ def test_pipeline_through_the_real_launcher(setup, tmp_path, home, capfd, genera
     assert len(results["convert"].index_files) == 1
     train = results["train"]
     assert [p.name for p in train.checkpoints] == [f"ssd_resnet18_epoch_00{i}{ext}" for i in (1, 2)]
-    assert train.training_log[1] == {"epoch": 2, "AP_lpd": 0.75, "loss": 8.25, "lr": 0.002, "mAP": 0.75,
+    assert train.history[1] == {"epoch": 2, "AP_lpd": 0.75, "loss": 8.25, "lr": 0.002, "mAP": 0.75,
                                      "validation_loss": 7.5}
     assert [r["status"] for r in train.status] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
     assert results["evaluate"].ap == {"lpd": 0.812, "yellow_double_line": 0.5} and results["evaluate"].map == 0.656
     prune = results["prune"]
-    assert prune.model == run_dir / "prune" / ("pruned.hdf5" if generation == TAO5 else "pruned.tlt")
-    assert prune.pruning_ratio == 0.4321 and prune.model.is_file()
+    assert prune.output == run_dir / "prune" / ("pruned.hdf5" if generation == TAO5 else "pruned.tlt")
+    assert prune.ratio == 0.4321 and prune.output.is_file()
     assert results["retrain"].checkpoints[-1].suffix == ext
     inference = results["inference"]
     assert sorted(p.name for p in inference.labels_dir.iterdir()) == ["a.txt", "b.txt"]
     assert inference.images_dir == run_dir / "inference/images_annotated"
     export = results["export"]
-    assert export.model.suffix == (".onnx" if generation == TAO5 else ".etlt")
+    assert export.model_file.suffix == (".onnx" if generation == TAO5 else ".etlt")
     assert export.labels.read_text() == "background\nlpd\n" and export.nvinfer_config.is_file()
     assert export.cal_cache == run_dir / "export/cal.bin"
     if generation == TAO5:
@@ -178,7 +178,9 @@ def test_export_refuses_to_overwrite_unless_replace(setup, tmp_path):
     req = ExportRequest(model=data_root / "models/resnet18.hdf5", output=out)
     with pytest.raises(OutputExistsError, match="replace=True"):
         ex.run(req)
-    assert ex.run(dataclasses.replace(req, replace=True)).model.read_bytes() == b"model"
+    (out.parent / "labels.txt").write_text("background\nstale\n")  # an earlier export's; not this run's
+    result = ex.run(dataclasses.replace(req, replace=True))
+    assert result.model_file.read_bytes() == b"model" and result.labels is None and result.model_json is None
 
 
 def test_wrong_generation_override_is_reported(setup, tmp_path):

@@ -133,3 +133,18 @@ def test_cli_prints_one_line_without_traceback(machine, home):
     proc = subprocess.run([sys.executable, "-m", "taoflow.backends.tao.cli"], env=env, cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith(f"ok: {bin_dir}/tao") and "tao5, docker" in proc.stdout
+
+
+@pytest.mark.parametrize("missing", ["docker", "daemon", "login"])
+def test_taoflow_tao_preflight_names_the_missing_piece(machine, home, missing):
+    # `taoflow tao preflight`, the console script's entry, as a user runs it
+    env, bin_dir = machine
+    if missing != "docker":
+        docker(bin_dir, NO_DAEMON if missing == "daemon" else WITH_NVIDIA)
+    first = {"docker": "error: docker CLI not found on PATH", "daemon": "error: no docker daemon reachable",
+             "login": "error: not logged in to nvcr.io"}[missing]
+    proc = subprocess.run([sys.executable, "-c", "import sys; from taoflow.cli import main; sys.exit(main())",
+                           "tao", "preflight"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(first) and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
