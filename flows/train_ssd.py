@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
 
 from taoflow import gates as quality
 from taoflow import pipeline as P
@@ -31,46 +32,56 @@ def _res(d):
     return P.StageResult(**d)
 
 
+def _done(result):
+    """A reused stage ends in a Completed state named Cached, so Prefect (UI, API) shows it did no work."""
+    d = result.to_dict()
+    return Completed(data=d, name="Cached", message=f"reused {result.stage} {result.key}") if result.cached else d
+
+
+def _v(x):
+    return x.result() if isinstance(x, State) else x
+
+
 @task(name="convert")
 def convert(cfg):
-    return P.stage_convert(Store(cfg["workspace"]), _cfg(cfg)).to_dict()
+    return _done(P.stage_convert(Store(cfg["workspace"]), _cfg(cfg)))
 
 
 @task(name="split")
 def split(cfg, converted):
-    return P.stage_split(Store(cfg["workspace"]), _cfg(cfg), _res(converted)).to_dict()
+    return _done(P.stage_split(Store(cfg["workspace"]), _cfg(cfg), _res(converted)))
 
 
 @task(name="tfrecords")
 def tfrecords(cfg, split_result):
-    return P.stage_tfrecords(Store(cfg["workspace"]), _cfg(cfg), _res(split_result)).to_dict()
+    return _done(P.stage_tfrecords(Store(cfg["workspace"]), _cfg(cfg), _res(split_result)))
 
 
 @task(name="train")
 def train(cfg, records, split_result, backend):
-    return P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
-                         _executor(backend)).to_dict()
+    return _done(P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
+                         _executor(backend)))
 
 
 @task(name="evaluate")
 def evaluate(cfg, trained, backend, name):
-    return P.stage_evaluate(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend), name).to_dict()
+    return _done(P.stage_evaluate(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend), name))
 
 
 @task(name="prune")
 def prune(cfg, trained, backend):
-    return P.stage_prune(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend)).to_dict()
+    return _done(P.stage_prune(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend)))
 
 
 @task(name="retrain")
 def retrain(cfg, records, split_result, pruned, backend):
-    return P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result), _executor(backend),
-                         name="retrain", pruned=_res(pruned)).to_dict()
+    return _done(P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
+                               _executor(backend), name="retrain", pruned=_res(pruned)))
 
 
 @task(name="export")
 def export(cfg, retrained, backend):
-    return P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend)).to_dict()
+    return _done(P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend)))
 
 
 @task(name="report")
@@ -82,7 +93,8 @@ def build_report(cfg, stages, backend, map_floor, parity_tolerance):
     def produce(run_dir, _key):
         return _report(stages, backend, Path(run_dir), map_floor, parity_tolerance)
     result = P.run_stage(Store(cfg["workspace"]), "report", material, produce)
-    return dict(result.meta, path=result.path, cached=result.cached, key=result.key)
+    d = dict(result.meta, path=result.path, cached=result.cached, key=result.key)
+    return Completed(data=d, name="Cached", message=f"reused report {result.key}") if result.cached else d
 
 
 def _report(stages, backend, run_dir, map_floor, parity_tolerance):
@@ -145,19 +157,19 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             tracker.params(label, {"file": str(path), "text": path.read_text()})
     try:
         stages = {}
-        stages["convert"] = convert(cfg)
-        stages["split"] = split(cfg, stages["convert"])
-        stages["tfrecords"] = tfrecords(cfg, stages["split"])
-        stages["train"] = train(cfg, stages["tfrecords"], stages["split"], backend)
-        stages["evaluate"] = evaluate(cfg, stages["train"], backend, "evaluate")
-        stages["prune"] = prune(cfg, stages["train"], backend)
-        stages["retrain"] = retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend)
-        stages["evaluate_retrained"] = evaluate(cfg, stages["retrain"], backend, "evaluate_retrained")
-        stages["export"] = export(cfg, stages["retrain"], backend)
+        stages["convert"] = _v(convert(cfg))
+        stages["split"] = _v(split(cfg, stages["convert"]))
+        stages["tfrecords"] = _v(tfrecords(cfg, stages["split"]))
+        stages["train"] = _v(train(cfg, stages["tfrecords"], stages["split"], backend))
+        stages["evaluate"] = _v(evaluate(cfg, stages["train"], backend, "evaluate"))
+        stages["prune"] = _v(prune(cfg, stages["train"], backend))
+        stages["retrain"] = _v(retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend))
+        stages["evaluate_retrained"] = _v(evaluate(cfg, stages["retrain"], backend, "evaluate_retrained"))
+        stages["export"] = _v(export(cfg, stages["retrain"], backend))
         passport = P.passport([_res(s) for s in stages.values()])
         passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
                                if k == "mAP" or k.startswith("AP_")}
-        rep = build_report(cfg, stages, backend, map_floor, parity_tolerance)
+        rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
         rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
         run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
         run_dir.mkdir(parents=True, exist_ok=True)
