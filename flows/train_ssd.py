@@ -140,7 +140,8 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               retrain_spec: Optional[str] = None,
               workspace: str = "workspace",
               deploy_inventory: Optional[str] = None,
-              deploy_group: Optional[str] = None,
+              deploy_tags: Optional[list[str]] = None,
+              model_name: str = "ssd",
               clearml: bool = True) -> dict:
     logger = get_run_logger()
     ws = Path(workspace).resolve()
@@ -196,8 +197,11 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         if not gates_ok:
             logger.warning("gates failed, not deploying: %s", [g for g in rep["gates"] if not g["passed"]])
         elif deploy_inventory:
-            raise ValueError("deploying from train-ssd needs the deploy-ssd flow (issue 6); run it on "
-                             f"{stages['export']['path']} with {deploy_inventory}")
+            from flows.deploy_ssd import deploy_ssd
+            val_images = Path(stages["split"]["path"]) / "out" / "val" / "image"
+            deployed = deploy_ssd(export_dir=stages["export"]["path"], inventory=deploy_inventory,
+                                  sample_images=str(val_images), model_name=model_name, passport=passport,
+                                  tags=deploy_tags, workspace=str(ws))
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},

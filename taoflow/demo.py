@@ -2,7 +2,8 @@
 
 Generates a CRPD-format dataset into <workspace>/raw/crpd_demo (once), runs the `train-ssd` flow on it with the
 CPU demo specs (convert, split, TFRecords, train, evaluate, prune, retrain, evaluate, export, gates, report,
-ClearML offline) and prints where the report, the ClearML session and the model are. Re-running reuses every stage
+ClearML offline), deploys the model to a simulated Nano (a real sshd on 127.0.0.1, device root in the workspace),
+smoke-tests it there, and prints where the report, the ClearML session and the model are. Re-running reuses every stage
 whose inputs did not change. `prepare_data_stage` runs the data stage alone, for the benchmarks.
 """
 
@@ -40,18 +41,26 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
     os.environ.setdefault("PREFECT_HOME", str(ws / "prefect"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gives up after 20 s by default, which a busy 2-core machine can exceed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     import sys
     sys.path.insert(0, str(SPECS_DIR.parent))
     from flows.train_ssd import train_ssd
-    result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
-                       map_floor=map_floor)
+
+    from .deploy.simulator import SimulatedNano
+    with SimulatedNano(ws) as nano:  # a real sshd on 127.0.0.1 standing in for a Jetson Nano
+        inventory = nano.start()
+        result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
+                           map_floor=map_floor, deploy_inventory=str(inventory), model_name="lpd-demo")
     summary = {
         "map": result["map"],
         "gates_passed": result["gates_passed"],
         "gates": result["gates"],
         "stages_run": [k for k, v in result["stages"].items() if not v["cached"]],
         "stages_cached": [k for k, v in result["stages"].items() if v["cached"]],
-        "deployed_devices": result["deployed"] or [],
+        "deployed_devices": [d["device"] for d in (result["deployed"] or {}).get("devices", [])
+                             if d["status"] == "deployed"],
+        "fleet": (result["deployed"] or {}).get("devices", []),
         "wall_seconds": round(time.time() - t0, 1),
         "passport": result["passport"]["id"],
         "paths": {"workspace": str(ws), "dataset": str(raw), "model": result["model"], "report": result["report"],
@@ -105,7 +114,9 @@ def run_cli(args):
     print(f"taoflow demo finished in {summary['wall_seconds']} s: mAP {summary['map']:.4f}, "
           f"gates {'passed' if summary['gates_passed'] else 'FAILED'}, passport {summary['passport']}")
     print(f"  stages run: {', '.join(summary['stages_run']) or 'none (all reused)'}")
+    for d in summary["fleet"]:
+        print(f"  device {d['device']}: {d['status']}, current {d['current']}, smoke {d['fps'] or 0:.0f} FPS")
     print(f"  report          : {p['report']}")
     print(f"  model           : {p['model']}")
     print(f"  ClearML session : {p['clearml_session']}")
-    return 0 if summary["gates_passed"] else 1
+    return 0 if summary["gates_passed"] and summary["deployed_devices"] else 1

@@ -122,3 +122,20 @@ def test_killed_flow_resumes_training_and_reuses_finished_stages(tmp_path, prefe
     assert stages["convert"]["cached"] and stages["split"]["cached"] and stages["tfrecords"]["cached"]
     meta = json.loads((tmp_path / "store" / "train" / stages["train"]["key"] / ".meta.json").read_text())
     assert meta["resumed_from_epoch"] >= 3  # epochs 1-2 (at least) were not trained again
+
+
+def test_gates_pass_then_the_model_deploys_to_a_simulated_nano(runs, raw_crpd):
+    from flows.train_ssd import train_ssd
+    from taoflow.deploy import fleet_status, load_inventory
+    from taoflow.deploy.simulator import SimulatedNano
+    ws, first, _ = runs
+    with SimulatedNano(ws) as nano:
+        inventory = nano.start()
+        summary = train_ssd(dataset_path=str(raw_crpd), workspace=str(ws), train_spec=str(ws / "specs/train.txt"),
+                            retrain_spec=str(ws / "specs/retrain.txt"), map_floor=0.0,
+                            deploy_inventory=str(inventory), model_name="lpd-test", clearml=False)
+        assert summary["gates_passed"] and summary["deployed"]["ok"], summary["deployed"]
+        [device] = summary["deployed"]["devices"]
+        assert device["status"] == "deployed" and device["current"] == device["version"]
+        status = fleet_status(load_inventory(inventory).devices, "lpd-test")
+        assert json.dumps(status, default=str).count(first["passport"]["id"]) >= 1  # the device knows its passport

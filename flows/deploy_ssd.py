@@ -1,0 +1,49 @@
+"""Prefect flow `deploy-ssd`: package an exported model with host-checked samples, then roll it out over SSH —
+probe, group by engine key, preflight, canary, waves, activate, rollback on failure (taoflow/deploy/rollout.py) —
+and publish the fleet as a table artifact."""
+
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from taoflow.deploy import load_inventory
+from taoflow.deploy.package_builder import build_package
+from taoflow.deploy.rollout import rollout
+
+
+@task(name="package")
+def make_package(export_dir, sample_images, passport, dest):
+    """Model + samples/expected.json computed on the host; the same package goes to every device."""
+    if Path(dest, "model.json").exists():
+        return str(dest)  # packages are content-addressed by their export (dest includes the export key)
+    build_package(export_dir, dest, sample_images, passport=passport)
+    return str(dest)
+
+
+@task(name="rollout")
+def run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold):
+    logger = get_run_logger()
+    fleet = load_inventory(inventory)
+    chosen = fleet.select(devices, tags)
+    if not chosen:
+        raise ValueError(f"no device in {inventory} matches devices={devices} tags={tags}")
+    report = rollout(chosen, package, name=model_name, wave_size=wave_size, abort_threshold=abort_threshold,
+                     concurrency=fleet.concurrency, keep=fleet.keep,
+                     on_event=lambda e: logger.info("%s", {k: v for k, v in e.items() if k != "passport"}))
+    return report.to_dict(), report.table(), report.summary()
+
+
+@flow(name="deploy-ssd", log_prints=True)
+def deploy_ssd(export_dir: str, inventory: str, sample_images: str, model_name: str = "ssd",
+               passport: Optional[dict] = None, devices: Optional[list[str]] = None, tags: Optional[list[str]] = None,
+               wave_size: int = 8, abort_threshold: float = 0.25, workspace: str = "workspace") -> dict:
+    export_dir = Path(export_dir).resolve()
+    dest = Path(workspace).resolve() / "packages" / export_dir.name
+    package = make_package(str(export_dir), sample_images, passport, dest)
+    report, table, summary = run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold)
+    create_table_artifact(table, key="fleet", description=summary)
+    create_markdown_artifact(f"# deploy-ssd\n\n{summary}\n", key="deploy-ssd-summary")
+    print(summary)
+    return {"ok": report["ok"], "summary": summary, "devices": table, "package": package}
