@@ -42,15 +42,18 @@ target_class_mapping {{ key: "lpd" value: "lpd" }}
 
 
 def data_stage(raw, work, workers, shards):
-    """The whole stage, as the pipeline runs it; returns seconds."""
+    """The whole stage, as the pipeline runs it; returns (seconds, {step: seconds})."""
     os.sync()
     t0 = time.perf_counter()
     convert_crpd(raw, work / "kitti", splits=["train"], workers=workers, progress=False)
+    t1 = time.perf_counter()
     split_dataset(work / "kitti/train/image", work / "kitti/train/label", work / "split", val_split=10,
                   workers=workers, progress=False)
+    t2 = time.perf_counter()
     spec = parse_dataset_export_text(SPEC.format(root=work / "split/training", shards=shards))
     dataset_convert(spec, work / "tfrecords/train", workers=workers, progress=False)
-    return time.perf_counter() - t0
+    t3 = time.perf_counter()
+    return t3 - t0, {"convert": t1 - t0, "split": t2 - t1, "tfrecords": t3 - t2}
 
 
 def plain_copy(src, dst):
@@ -94,8 +97,9 @@ def main():
         shutil.rmtree(tmp / "warm")
         for workers in (1, 2):
             results[f"copy_{workers}"] = plain_copy(raw / "train", tmp / f"copy{workers}")
-            results[f"stage_{workers}"] = data_stage(raw, tmp / f"stage{workers}", workers, args.shards)
-            print(f"workers={workers}: data stage {results[f'stage_{workers}']:.2f} s, "
+            results[f"stage_{workers}"], steps = data_stage(raw, tmp / f"stage{workers}", workers, args.shards)
+            detail = ", ".join(f"{step} {t:.2f}" for step, t in steps.items())
+            print(f"workers={workers}: data stage {results[f'stage_{workers}']:.2f} s ({detail}), "
                   f"plain copy {results[f'copy_{workers}']:.2f} s", flush=True)
 
     copy_s = (results["copy_1"] + results["copy_2"]) / 2

@@ -4,8 +4,10 @@ Work is cut into contiguous chunks so each task amortises process overhead; resu
 which keeps every output independent of the number of workers.
 """
 
+import contextlib
+import itertools
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
@@ -26,8 +28,25 @@ def chunked(items, n_chunks):
     return out
 
 
-def map_chunks(fn, items, workers=1, desc=None, progress=True, chunks_per_worker=8, unit="img"):
-    """Apply fn(list_of_items) -> list_of_results over chunks of items; return the flat, ordered results."""
+@contextlib.contextmanager
+def worker_pool(workers):
+    """A process pool for several map_chunks calls in a row (None for one worker).
+
+    Starting and joining processes costs milliseconds per call; a step that maps twice pays it once this way.
+    """
+    workers = max(1, int(workers or 1))
+    if workers == 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield pool
+
+
+def map_chunks(fn, items, workers=1, desc=None, progress=True, chunks_per_worker=8, unit="img", pool=None):
+    """Apply fn(list_of_items) -> list_of_results over chunks of items; return the flat, ordered results.
+
+    pool: a worker_pool(workers) to run in instead of starting one for this call.
+    """
     items = list(items)
     if not items:
         return []
@@ -42,11 +61,21 @@ def map_chunks(fn, items, workers=1, desc=None, progress=True, chunks_per_worker
                 results.append(fn(chunk))
                 bar.update(len(chunk))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with contextlib.ExitStack() as stack:
+                if pool is None:
+                    pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
                 futures = [pool.submit(fn, chunk) for chunk in chunks]
-                for chunk, fut in zip(chunks, futures):
-                    results.append(fut.result())
-                    bar.update(len(chunk))
+                try:
+                    for chunk, fut in zip(chunks, futures):
+                        results.append(fut.result())
+                        bar.update(len(chunk))
+                except BaseException:
+                    # No chunk of this call may still be writing when the caller cleans up after the error, also
+                    # when the pool outlives this call.
+                    for fut in futures:
+                        fut.cancel()
+                    wait(futures)
+                    raise
     finally:
         bar.close()
-    return [r for part in results for r in part]
+    return list(itertools.chain.from_iterable(results))

@@ -8,6 +8,7 @@ axis-aligned box is the min/max over the four points, which does not depend on t
 
 import json
 import math
+import os
 import re
 import sys
 from collections import Counter
@@ -27,6 +28,9 @@ CLASS_MODES = ("lpd", "plate_type")
 IMAGE_DIR_NAMES = ("images", "imgs")
 LABEL_DIR_NAME = "labels"
 _SEPARATORS = re.compile(r"[,\s]+")
+# One plates.jsonl line: what json.dumps(record, ensure_ascii=False, sort_keys=True) gives, without building a new
+# encoder for every plate.
+_JSONL = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,7 @@ def parse_crpd_file(path):
             hint = " (is the plate text missing?)" if len(tokens) == 9 else ""
             raise DataError(f"expected 10 fields 'x1 y1 x2 y2 x3 y3 x4 y4 type content', found {len(tokens)}{hint}",
                             path=path, line=lineno)
-        coords = [parse_number(tok, f"field {i + 1} (corner coordinate)", path, lineno)
-                  for i, tok in enumerate(tokens[:8])]
+        coords = _coordinates(tokens, path, lineno)
         try:
             plate_type = int(tokens[8])
         except ValueError:
@@ -62,9 +65,22 @@ def parse_crpd_file(path):
     return plates
 
 
-def _shoelace(points):
-    pairs = zip(points, points[1:] + points[:1])
-    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairs))
+def _coordinates(tokens, path, lineno):
+    """The 8 corner coordinates as floats; the per-token parser runs only to name a bad field."""
+    try:
+        coords = list(map(float, tokens[:8]))
+        if math.isfinite(sum(coords)):
+            return coords
+    except ValueError:
+        pass
+    # A bad token, or finite values whose sum overflowed (then every parse below succeeds).
+    return [parse_number(tok, f"field {i + 1} (corner coordinate)", path, lineno) for i, tok in enumerate(tokens[:8])]
+
+
+def _shoelace(p0, p1, p2, p3):
+    """Shoelace area of the closed polygon p0 p1 p2 p3, written out: it runs for every plate."""
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = p0, p1, p2, p3
+    return 0.5 * abs(sum([x0 * y1 - x1 * y0, x1 * y2 - x2 * y1, x2 * y3 - x3 * y2, x3 * y0 - x0 * y3]))
 
 
 def quad_area(quad):
@@ -73,7 +89,8 @@ def quad_area(quad):
     Corner order is not reliable in CRPD, and a crossed order (TL, TR, BL, BR) gives zero shoelace area even for a
     perfect rectangle; the maximum is order-invariant and is zero only when all four points are collinear.
     """
-    return max(_shoelace([quad[i] for i in order]) for order in ((0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3)))
+    a, b, c, d = quad
+    return max(_shoelace(a, b, c, d), _shoelace(a, b, d, c), _shoelace(a, c, b, d))
 
 
 def plate_box(quad, width, height, min_size):
@@ -142,7 +159,7 @@ def find_splits(input_dir, splits=None):
 
 
 def _convert_one(item, out_root, config):
-    split, stem, image_path, label_path = item
+    split, stem, image_path, label_path = item  # paths as str: see imgs.dir_prefix
     try:
         width, height = imgs.image_size(image_path)
         plates = parse_crpd_file(label_path)
@@ -157,18 +174,22 @@ def _convert_one(item, out_root, config):
             objects[cls] += 1
         else:
             dropped.append({"line": plate.line, "reason": reason, "box": [_json_number(v, 2) for v in box]})
-        records.append({
+        record = {
             "stem": stem, "index": index, "line": plate.line, "type": plate.type,
             "type_name": PLATE_TYPES[plate.type], "content": plate.content,
             "quad": [[_json_number(x), _json_number(y)] for x, y in plate.quad],
             "box": [_json_number(v, 2) for v in box], "kept": reason is None, "drop_reason": reason,
-        })
-    out_dir = Path(out_root, split)
-    fsutil.link_or_copy(image_path, out_dir / "image" / image_path.name)
+        }
+        # The plates.jsonl line is encoded here, in the worker: one string travels back to the main process
+        # instead of a dict per plate, and the main process only concatenates.
+        records.append(_JSONL.encode(record) + "\n")
+    name = os.path.basename(image_path)
+    out_dir = os.path.join(out_root, split)
+    fsutil.link_or_copy(image_path, os.path.join(out_dir, "image", name))
     # An image whose plates were all dropped still gets an empty label file: TAO needs one per image.
-    (out_dir / "label" / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return {"split": split, "stem": stem, "ext": image_path.suffix, "plates": records, "objects": objects,
-            "dropped": dropped, "label": str(label_path)}
+    fsutil.write_file(os.path.join(out_dir, "label", f"{stem}.txt"), "".join(f"{line}\n" for line in lines).encode())
+    return {"split": split, "stem": stem, "ext": os.path.splitext(name)[1], "plates": len(records),
+            "plates_jsonl": "".join(records), "objects": objects, "dropped": dropped, "label": label_path}
 
 
 def _convert_chunk(items, out_root, config):
@@ -218,28 +239,25 @@ def convert_crpd(input_dir, output_dir, class_mode="lpd", min_size=4.0, splits=N
         if not done:
             raise DataError(f"no usable images left: all {len(problems)} problem files were skipped", path=input_dir)
         for split, _, _ in found:
-            _write_jsonl(tmp / split / "plates.jsonl", [p for r in done if r["split"] == split for p in r["plates"]])
+            with open(tmp / split / "plates.jsonl", "w", encoding="utf-8", newline="\n") as f:
+                f.write("".join(r["plates_jsonl"] for r in done if r["split"] == split))
         report = _build_report(found, done, problems, input_dir, output_dir, config)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return report
 
 
-def _write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-
-
 def _split_counts(results):
     objects, dropped = Counter(), Counter()
-    for r in results:
-        objects.update(r["objects"])
-        dropped.update(d["reason"] for d in r["dropped"])
+    for r in results:  # plain loops: Counter.update with a mapping is slow per call, and this runs per image
+        for cls, n in r["objects"].items():
+            objects[cls] += n
+        for d in r["dropped"]:
+            dropped[d["reason"]] += 1
     return {
         "images": len(results),
         "empty_images": sum(1 for r in results if not r["objects"]),
-        "plates": sum(len(r["plates"]) for r in results),
+        "plates": sum(r["plates"] for r in results),
         "objects": dict(sorted(objects.items())),
         "dropped": dict(sorted(dropped.items())),
         "image_extensions": dict(sorted(Counter(r["ext"] for r in results).items())),

@@ -9,6 +9,7 @@ This module also holds the per-file problem policy shared by the converters: a p
 (`path`, `line`, `error`) that is either raised as a DataError (`on_error="fail"`) or reported as a skip.
 """
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -36,22 +37,39 @@ def is_image_name(name):
 
 def image_size(path):
     """Return (width, height) of a JPEG or PNG from its header; DataError if unreadable or truncated."""
-    path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(32)
-            if not head:
-                raise DataError("image file is empty", path=path)
-            if head.startswith(_PNG_SIGNATURE):
-                size = _png_size(head, path)
-                _check_tail(f, path, _PNG_IEND, "PNG", "IEND chunk")
-            elif head.startswith(b"\xff\xd8"):
-                size = _jpeg_size(f, path)
-                _check_tail(f, path, _JPEG_EOI, "JPEG", "EOI marker FF D9")
-            else:
-                raise DataError("not a JPEG or PNG file (unrecognised signature)", path=path)
+            size = _size_of(f, path)
     except OSError as e:
         raise DataError(f"cannot read image: {e.strerror or e}", path=path) from None
+    return size
+
+
+def read_image(path):
+    """Return (bytes, (width, height)) of a whole JPEG or PNG file, with the checks and errors of image_size.
+
+    For callers that need the bytes anyway (TFRecords embed them): one open and one read instead of two.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read image: {e.strerror or e}", path=path) from None
+    return data, _size_of(io.BytesIO(data), path)
+
+
+def _size_of(f, path):
+    head = f.read(32)
+    if not head:
+        raise DataError("image file is empty", path=path)
+    if head.startswith(_PNG_SIGNATURE):
+        size = _png_size(head, path)
+        _check_tail(f, path, _PNG_IEND, "PNG", "IEND chunk")
+    elif head.startswith(b"\xff\xd8"):
+        size = _jpeg_size(f, path)
+        _check_tail(f, path, _JPEG_EOI, "JPEG", "EOI marker FF D9")
+    else:
+        raise DataError("not a JPEG or PNG file (unrecognised signature)", path=path)
     if size[0] <= 0 or size[1] <= 0:
         raise DataError(f"image header gives an empty size {size[0]}x{size[1]}", path=path)
     return size
@@ -114,18 +132,41 @@ def _visible_files(directory, what):
         raise DataError(f"{what} directory not found", path=directory)
     # Dot files are skipped: macOS archives leave AppleDouble "._name.jpg" files that are not images.
     with os.scandir(directory) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+        return sorted([e.name for e in it if not e.name.startswith(".") and e.is_file()])
+
+
+def dir_prefix(directory):
+    """Text that, followed by a file name, spells str(Path(directory) / name).
+
+    Per-file paths are plain strings built from this prefix: a Path costs a parse per file (tens of thousands per
+    dataset), and strings pickle cheaply to worker processes. The spelling stays exactly what Path gives, because
+    these paths end up in reports and error messages.
+    """
+    base = str(Path(directory))
+    if base == ".":
+        return ""
+    return base if base.endswith("/") else base + "/"
+
+
+def _scan_image_files(image_dir):
+    """scan_images with paths as str."""
+    prefix = dir_prefix(image_dir)
+    by_stem = {}
+    for name in _visible_files(image_dir, "image"):
+        if is_image_name(name):
+            stem = name[: name.rfind(".")]  # os.path.splitext's stem: the name has an image extension
+            by_stem.setdefault(stem, []).append(prefix + name)
+    by_stem = sorted(by_stem.items())
+    images = {stem: paths[0] for stem, paths in by_stem if len(paths) == 1}
+    duplicates = {stem: paths for stem, paths in by_stem if len(paths) > 1}
+    return images, duplicates
 
 
 def scan_images(image_dir):
     """Return ({stem: path}, {stem: [paths]}) for the images of a directory; stems used twice go in the second."""
-    by_stem = {}
-    for name in _visible_files(image_dir, "image"):
-        if is_image_name(name):
-            by_stem.setdefault(os.path.splitext(name)[0], []).append(Path(image_dir) / name)
-    images = {stem: paths[0] for stem, paths in sorted(by_stem.items()) if len(paths) == 1}
-    duplicates = {stem: paths for stem, paths in sorted(by_stem.items()) if len(paths) > 1}
-    return images, duplicates
+    images, duplicates = _scan_image_files(image_dir)
+    return ({stem: Path(p) for stem, p in images.items()},
+            {stem: [Path(p) for p in paths] for stem, paths in duplicates.items()})
 
 
 def list_images(image_dir):
@@ -138,14 +179,19 @@ def list_images(image_dir):
 
 
 def duplicate_message(stem, paths):
-    names = ", ".join(p.name for p in paths)
+    names = ", ".join(os.path.basename(p) for p in paths)
     return f"image stem {stem!r} is used by several files ({names}); labels are matched by stem, so keep only one"
+
+
+def _list_label_files(label_dir):
+    prefix = dir_prefix(label_dir)
+    names = _visible_files(label_dir, "label")
+    return {name[: -len(LABEL_EXTENSION)]: prefix + name for name in names if name.endswith(LABEL_EXTENSION)}
 
 
 def list_labels(label_dir):
     """Return {stem: path} of the `.txt` label files of a directory, sorted by stem."""
-    names = _visible_files(label_dir, "label")
-    return {name[: -len(LABEL_EXTENSION)]: Path(label_dir) / name for name in names if name.endswith(LABEL_EXTENSION)}
+    return {stem: Path(p) for stem, p in _list_label_files(label_dir).items()}
 
 
 def problem(error, path, line=None):
@@ -164,16 +210,18 @@ def raise_problem(p):
 def pair_images_labels(image_dir, label_dir):
     """Match images and labels by stem: return (pairs, problems).
 
-    pairs: [(stem, image_path, label_path)] sorted by stem. problems: an image without a label, a label without
-    an image, a stem used by several images (those images and their label are left out of pairs).
+    pairs: [(stem, image_path, label_path)] sorted by stem, paths as str (see dir_prefix). problems: an image
+    without a label, a label without an image, a stem used by several images (those images and their label are
+    left out of pairs).
     """
-    images, duplicates = scan_images(image_dir)
-    labels = list_labels(label_dir)
+    images, duplicates = _scan_image_files(image_dir)
+    labels = _list_label_files(label_dir)
     problems = [problem(duplicate_message(stem, paths), paths[0]) for stem, paths in duplicates.items()]
     pairs = []
     for stem, image in images.items():
-        if stem in labels:
-            pairs.append((stem, image, labels[stem]))
+        label = labels.get(stem)
+        if label is not None:
+            pairs.append((stem, image, label))
         else:
             expected = Path(label_dir) / f"{stem}{LABEL_EXTENSION}"
             problems.append(problem(f"image has no label file (expected {expected})", image))

@@ -7,6 +7,7 @@ float, so anything else must be caught here with a file:line message rather than
 import argparse
 import json
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -75,22 +76,32 @@ def format_kitti_line(obj):
 
 def read_text_lines(path):
     """Return [(1-based line number, text)] of a UTF-8 text file; DataError naming the line of a bad byte."""
-    path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise DataError(f"cannot read file: {e.strerror or e}", path=path) from None
-    lines = []
+        raise DataError(f"cannot read file: {e.strerror or e}", path=Path(path)) from None
+    try:
+        # Every label file passes through here: decode in one call. A newline byte never occurs inside a UTF-8
+        # sequence, so this equals decoding line by line whenever the file is valid.
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return _bad_utf8(data, path)
+    lines[0] = lines[0].lstrip("\ufeff")
+    return list(enumerate(lines, start=1))
+
+
+def _bad_utf8(data, path):
+    """Raise the DataError naming the first line (and column) that is not UTF-8."""
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         try:
-            text = raw.decode("utf-8")
+            raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(
                 f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8, "
-                f"e.g. iconv -f GBK -t UTF-8", path=path, line=lineno, column=e.start + 1,
+                f"e.g. iconv -f GBK -t UTF-8", path=Path(path), line=lineno, column=e.start + 1,
             ) from None
-        lines.append((lineno, text.lstrip("\ufeff") if lineno == 1 else text))
-    return lines
+    raise AssertionError("the whole file failed to decode, so one of its lines must")
 
 
 def parse_number(token, what, path, lineno):
@@ -138,6 +149,36 @@ def read_kitti_lines(path, allow_scores=False):
 def parse_kitti_file(path, allow_scores=False):
     """Parse a KITTI label file: exactly 15 fields per line (16 only with allow_scores), all numbers finite."""
     return [obj for _, obj in read_kitti_lines(path, allow_scores)]
+
+
+def kitti_class_counts(path):
+    """{lowercased class: objects} of a KITTI label file, validated exactly like parse_kitti_file (15 fields).
+
+    For callers that only count classes (the split): a cheap check per line instead of a KittiObject and a
+    per-token parse. Whenever a line does not pass it, the strict parser reads the file again and raises the
+    error naming file, line and field; if it accepts the file after all, its objects are counted.
+    """
+    counts = {}
+    for _, text in read_text_lines(path):
+        fields = text.split()
+        if not fields:
+            continue
+        if len(fields) != 15 or not _numbers_ok(fields):
+            return dict(Counter(obj.cls.lower() for obj in parse_kitti_file(path)))
+        cls = fields[0].lower()
+        counts[cls] = counts.get(cls, 0) + 1
+    return counts
+
+
+def _numbers_ok(fields):
+    """Fields 2..15 are finite numbers and field 3 (occluded) an integer, as read_kitti_lines demands."""
+    try:
+        nums = list(map(float, fields[1:]))
+    except ValueError:
+        return False
+    # A NaN or infinity makes the sum non-finite; so can an overflow of finite values, which the strict parser
+    # then accepts.
+    return math.isfinite(sum(nums)) and nums[1].is_integer()
 
 
 def tao_keeps_box(x1, y1, x2, y2):
@@ -223,10 +264,11 @@ def _convert_one(item, out_dir, config):
         obj.x1, obj.y1, obj.x2, obj.y2 = box
         lines.append(format_kitti_line(obj))
         objects[target] += 1
-    fsutil.link_or_copy(image_path, out_dir / "image" / image_path.name)
-    (out_dir / "label" / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    name = os.path.basename(image_path)
+    fsutil.link_or_copy(image_path, os.path.join(out_dir, "image", name))
+    fsutil.write_file(os.path.join(out_dir, "label", f"{stem}.txt"), "".join(f"{line}\n" for line in lines).encode())
     return {
-        "stem": stem, "ext": image_path.suffix, "objects": objects, "dropped": dropped,
+        "stem": stem, "ext": os.path.splitext(name)[1], "objects": objects, "dropped": dropped,
         "dropped_by_class": dropped_by_class, "boxes": boxes, "scores": scores, "clipped": clipped,
     }
 
@@ -265,7 +307,7 @@ def convert_kitti(input_dir, output_dir, class_map=None, drop_classes=("dontcare
     with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
         (tmp / "image").mkdir()
         (tmp / "label").mkdir()
-        fn = partial(_convert_chunk, out_dir=tmp, config=config)
+        fn = partial(_convert_chunk, out_dir=str(tmp), config=config)
         results = map_chunks(fn, pairs, workers=workers, desc="kitti", progress=progress)
         report = _build_report(results, problems, input_dir, output_dir, (image_dir, label_dir), config)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ reproducible: stems sorted, shuffled with random.Random(seed), the first int(N *
 
 import json
 import math
+import os
 import random
 import sys
 from collections import Counter
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from .. import fsutil
 from ..errors import DataError, TaoflowError
-from ..parallel import default_workers, map_chunks
+from ..parallel import default_workers, map_chunks, worker_pool
 from . import images as imgs
-from .kitti import parse_kitti_file
+from .kitti import kitti_class_counts
 
 SIDES = ("training", "val")
 BACKGROUND = ""  # stratification group of images without objects
@@ -34,24 +35,40 @@ def check_val_split(val_split):
                            f"100 or more would leave no training images")
 
 
-def _classes_chunk(label_paths):
-    # Strict parsing: a label TAO's converter would reject should fail here, naming file:line, not later in TAO.
-    # Problems come back as data so the caller raises the first one in sorted order whatever the worker count.
-    out = []
-    for path in label_paths:
+def _check_chunk(jobs, out_root=None):
+    """Per (side, image, label): (label problem, {class: objects}, link error); the first label problem ends it.
+
+    Strict validation: a label TAO's converter would reject should fail here, naming file:line, not later in TAO.
+    Problems come back as data so the caller raises the first one in sorted order whatever the worker count.
+    With out_root, each image and label is also linked under out_root/side. A failed link comes back as data too
+    and stops the linking, not the checking: a bad label further on is still the error to raise.
+    """
+    out, linking = [], out_root is not None
+    for side, image, label in jobs:
         try:
-            out.append((None, dict(Counter(obj.cls.lower() for obj in parse_kitti_file(path)))))
+            classes = kitti_class_counts(label)
         except DataError as err:
-            out.append((imgs.problem_from(err), None))
+            out.append((imgs.problem_from(err), None, None))
             break
+        link_error = None
+        if linking:
+            try:
+                _link(out_root, side, image, label)
+            except OSError as err:
+                link_error, linking = err, False
+        out.append((None, classes, link_error))
     return out
 
 
 def _link_chunk(jobs, out_root):
     for side, image, label in jobs:
-        fsutil.link_or_copy(image, Path(out_root, side, "image", Path(image).name))
-        fsutil.link_or_copy(label, Path(out_root, side, "label", Path(label).name))
+        _link(out_root, side, image, label)
     return [None] * len(jobs)
+
+
+def _link(out_root, side, image, label):
+    fsutil.link_or_copy(image, os.path.join(out_root, side, "image", os.path.basename(image)))
+    fsutil.link_or_copy(label, os.path.join(out_root, side, "label", os.path.basename(label)))
 
 
 def _rarest_class(classes, images_per_class):
@@ -90,9 +107,10 @@ def choose_val(stems, classes, val_split, seed, stratify=False):
 
 def _per_class(stems, classes):
     images, objects = Counter(), Counter()
-    for stem in stems:
-        images.update(classes[stem].keys())
-        objects.update(classes[stem])
+    for stem in stems:  # plain loops: Counter.update is slow per call, and this runs per image
+        for c, n in classes[stem].items():
+            images[c] += 1
+            objects[c] += n
     return {c: {"images": images[c], "objects": objects[c]} for c in sorted(images)}
 
 
@@ -110,34 +128,57 @@ def split_dataset(image_dir, label_dir, output_dir, val_split=10, seed=42, strat
         imgs.raise_problem(problems[0])
     if not pairs:
         raise DataError("no images found", path=image_dir)
-    counts = map_chunks(_classes_chunk, [label for _, _, label in pairs], workers=workers, desc="labels",
-                        progress=progress)
-    for bad, _ in counts:
+    # Without stratification the val images follow from the stems alone, so one pass over the images checks the
+    # labels and links the files. Links into one directory are serialised by the filesystem and gain nothing from
+    # more workers; in one pass they overlap with the label checks, which do. Two passes (check, then link) when a
+    # stratified choice needs the classes first, and when creating the output before the labels are checked would
+    # show: a bad label is reported before an existing output is refused, and leaves no new parent directory.
+    one_pass = not stratify and (replace or not output_dir.exists()) and output_dir.parent.is_dir()
+    with worker_pool(workers) as pool:  # one pool for both passes, when there are two
+        if one_pass:
+            val = choose_val([stem for stem, _, _ in pairs], None, val_split, seed)
+        else:
+            classes = _check_labels(pairs, [(None, image, label) for _, image, label in pairs], None, workers,
+                                    progress, pool)
+            val = choose_val(classes.keys(), classes, val_split, seed, stratify)
+        jobs = [("val" if stem in val else "training", image, label) for stem, image, label in pairs]
+        with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
+            for side in SIDES:
+                for sub in ("image", "label"):
+                    (tmp / side / sub).mkdir(parents=True)
+            if one_pass:
+                classes = _check_labels(pairs, jobs, str(tmp), workers, progress, pool)
+            else:
+                map_chunks(partial(_link_chunk, out_root=str(tmp)), jobs, workers=workers, desc="link",
+                           progress=progress, pool=pool)
+            sides = {"training": [s for s, _, _ in pairs if s not in val], "val": [s for s, _, _ in pairs if s in val]}
+            report = {
+                "step": "split",
+                "image_dir": str(image_dir),
+                "label_dir": str(label_dir),
+                "output": str(output_dir),
+                "seed": seed,
+                "val_split": val_split,
+                "stratify": bool(stratify),
+                "counts": {side: len(stems) for side, stems in sides.items()},
+                "per_class": {side: _per_class(stems, classes) for side, stems in sides.items()},
+                **sides,
+            }
+            (tmp / "split.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return report
+
+
+def _check_labels(pairs, jobs, out_root, workers, progress, pool):
+    """Run _check_chunk over jobs; return {stem: {class: objects}}, raising the first problem in sorted order."""
+    results = map_chunks(partial(_check_chunk, out_root=out_root), jobs, workers=workers,
+                         desc="labels" if out_root is None else "split", progress=progress, pool=pool)
+    for bad, _, _ in results:
         if bad:
             imgs.raise_problem(bad)
-    classes = {stem: c for (stem, _, _), (_, c) in zip(pairs, counts)}
-    val = choose_val(classes.keys(), classes, val_split, seed, stratify)
-    sides = {"training": [s for s, _, _ in pairs if s not in val], "val": [s for s, _, _ in pairs if s in val]}
-    report = {
-        "step": "split",
-        "image_dir": str(image_dir),
-        "label_dir": str(label_dir),
-        "output": str(output_dir),
-        "seed": seed,
-        "val_split": val_split,
-        "stratify": bool(stratify),
-        "counts": {side: len(stems) for side, stems in sides.items()},
-        "per_class": {side: _per_class(stems, classes) for side, stems in sides.items()},
-        **sides,
-    }
-    jobs = [("val" if stem in val else "training", str(image), str(label)) for stem, image, label in pairs]
-    with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
-        for side in SIDES:
-            for sub in ("image", "label"):
-                (tmp / side / sub).mkdir(parents=True)
-        map_chunks(partial(_link_chunk, out_root=str(tmp)), jobs, workers=workers, desc="link", progress=progress)
-        (tmp / "split.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return report
+    for _, _, link_error in results:
+        if link_error:
+            raise link_error
+    return {stem: classes for (stem, _, _), (_, classes, _) in zip(pairs, results)}
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

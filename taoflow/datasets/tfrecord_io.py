@@ -13,9 +13,12 @@ import google_crc32c
 _MASK_DELTA = 0xA282EAD8
 
 
-def masked_crc32c(data: bytes) -> int:
-    crc = google_crc32c.value(data)
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    return _mask(google_crc32c.value(data))
 
 
 def frame_record(payload: bytes) -> bytes:
@@ -34,10 +37,25 @@ class TFRecordWriter:
         self.index = []
 
     def write(self, payload: bytes):
-        record = frame_record(payload)
-        self._f.write(record)
-        self.index.append((self._offset, len(record)))
-        self._offset += len(record)
+        self.write_parts((payload,))
+
+    def write_parts(self, parts):
+        """Write one record whose payload is the concatenation of parts, without building that concatenation.
+
+        TFRecords carry whole images: joining them into one payload would copy every image once more.
+        """
+        length = sum(map(len, parts))
+        header = struct.pack("<Q", length)
+        crc = 0
+        for part in parts:
+            crc = google_crc32c.extend(crc, part)
+        self._f.write(header + struct.pack("<I", masked_crc32c(header)))
+        for part in parts:
+            self._f.write(part)
+        self._f.write(struct.pack("<I", _mask(crc)))
+        record_len = length + 16
+        self.index.append((self._offset, record_len))
+        self._offset += record_len
 
     def close(self):
         self._f.close()

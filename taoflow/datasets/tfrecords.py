@@ -17,12 +17,14 @@ taoflow raises a DataError naming the file and line. Unlike TAO, no index is wri
 features are serialised in sorted key order so identical inputs give identical bytes.
 """
 
+import errno
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -32,7 +34,7 @@ from ..parallel import map_chunks
 from ..spec.dataset_export import DatasetExportSpec, load_dataset_export
 from ..spec.protos import tf_example_pb2 as tfx
 from ..status import StatusLogger
-from .images import image_size
+from .images import dir_prefix, read_image
 from .tfrecord_io import TFRecordWriter, format_index
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,16 @@ def shard_name(output, p, num_partitions, s, num_shards):
 
 def _parse_label_file(label_path):
     """Label rows as TAO reads them: [class bytes, 14 floats], with errors that say where."""
-    if not label_path.is_file():
+    if not _is_file(label_path):
         raise DataError("label file missing for this image (TAO needs one label file per image)", path=label_path)
+    with open(label_path, "rb") as f:
+        data = f.read()
     try:
-        text = label_path.read_text(encoding="utf-8")
+        # bytes.decode, not a text-mode read: no newline translation is needed, because splitlines() below
+        # already treats \r\n and \r as line ends, so the lines are the same.
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = label_path.read_bytes()[: e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise DataError("label file is not valid UTF-8", path=label_path, line=line) from None
     rows = []
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -124,10 +130,22 @@ def _parse_label_file(label_path):
         except ValueError:
             bad = next(x for x in fields[1:] if not _is_float(x))
             raise DataError(f"field {bad!r} is not a number", path=label_path, line=lineno) from None
-        if not all(math.isfinite(v) for v in values):
+        if not all(map(math.isfinite, values)):
             raise DataError("label line has a NaN or infinite number", path=label_path, line=lineno)
         rows.append([fields[0].encode("utf-8")] + values)
     return rows
+
+
+def _is_file(path):
+    """Path(path).is_file() without building a Path: False where the file is missing, other stat errors raise."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:
+        return False
 
 
 def _is_float(x):
@@ -138,9 +156,25 @@ def _is_float(x):
         return False
 
 
-def _example(frame_id, image_dir_name, encoded, width, height, rows, class2idx, label_path, warnings):
-    cols = {k: [] for k in ("cls", "trunc", "occ", "alpha", "x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z", "ry")}
-    counts = Counter()
+# Float features copied from one label column each (a row is [class, 14 floats]); the class id and the normalised
+# box corners are computed in _example.
+_FLOAT_COLUMNS = (
+    ("target/truncation", 1), ("target/observation_angle", 3), ("target/world_bbox_h", 8),
+    ("target/world_bbox_w", 9), ("target/world_bbox_l", 10), ("target/world_bbox_x", 11),
+    ("target/world_bbox_y", 12), ("target/world_bbox_z", 13), ("target/world_bbox_rot_y", 14),
+)
+_ENCODED_KEY = b"frame/encoded"
+
+
+def _example(frame_id, image_dir_name, encoded, width, height, rows, class2idx, label_path, warnings, counts):
+    """The serialised tf.train.Example of one frame, as parts to concatenate: (head, encoded, tail).
+
+    Objects written and dropped are counted into counts, rejected boxes go into warnings.
+
+    The bytes are exactly ex.SerializeToString(deterministic=True) of the Example with all features; see
+    _encoded_head for why the image is not put into the message.
+    """
+    kept, class_ids = [], []
     for row in rows:
         x1, y1, x2, y2 = (int(v) for v in row[4:8])
         if not (x1 < x2 and y1 < y2):
@@ -152,34 +186,67 @@ def _example(frame_id, image_dir_name, encoded, width, height, rows, class2idx, 
             counts[("dropped", name)] += 1
             continue
         counts[("written", name)] += 1
-        cols["cls"].append(float(class2idx[name]))
-        cols["trunc"].append(row[1])
-        cols["occ"].append(int(row[2]))
-        cols["alpha"].append(row[3])
-        cols["x1"].append(row[4] / width)
-        cols["y1"].append(row[5] / height)
-        cols["x2"].append(row[6] / width)
-        cols["y2"].append(row[7] / height)
-        for key, value in zip(("h", "w", "l", "x", "y", "z", "ry"), row[8:15]):
-            cols[key].append(value)
+        kept.append(row)
+        class_ids.append(float(class2idx[name]))
+    cols = list(zip(*kept)) if kept else [()] * 15  # cols[i]: field i of every kept object
 
-    ex = tfx.Example()
-    f = ex.features.feature
+    feats = tfx.Features()
+    f = feats.feature
     f["frame/id"].bytes_list.value.append(os.path.join(image_dir_name, frame_id).encode("utf-8"))
     f["frame/height"].int64_list.value.append(height)
     f["frame/width"].int64_list.value.append(width)
-    f["frame/encoded"].bytes_list.value.append(encoded)
-    floats = [("target/object_class_id", "cls"), ("target/truncation", "trunc"), ("target/observation_angle", "alpha"),
-              ("target/coordinates_x1", "x1"), ("target/coordinates_y1", "y1"), ("target/coordinates_x2", "x2"),
-              ("target/coordinates_y2", "y2"), ("target/world_bbox_h", "h"), ("target/world_bbox_w", "w"),
-              ("target/world_bbox_l", "l"), ("target/world_bbox_x", "x"), ("target/world_bbox_y", "y"),
-              ("target/world_bbox_z", "z"), ("target/world_bbox_rot_y", "ry")]
-    for key, col in floats:
+    floats = [("target/object_class_id", class_ids),
+              ("target/coordinates_x1", [v / width for v in cols[4]]),
+              ("target/coordinates_y1", [v / height for v in cols[5]]),
+              ("target/coordinates_x2", [v / width for v in cols[6]]),
+              ("target/coordinates_y2", [v / height for v in cols[7]])]
+    floats += [(key, cols[i]) for key, i in _FLOAT_COLUMNS]
+    for key, values in floats:
         f[key].float_list.SetInParent()  # TAO writes every key, with an empty list for frames without objects
-        f[key].float_list.value.extend(cols[col])
+        f[key].float_list.value.extend(values)
     f["target/occlusion"].int64_list.SetInParent()
-    f["target/occlusion"].int64_list.value.extend(cols["occ"])
-    return ex.SerializeToString(deterministic=True), counts
+    f["target/occlusion"].int64_list.value.extend([int(v) for v in cols[2]])
+    tail = feats.SerializeToString(deterministic=True)
+    return _encoded_head(len(encoded), len(tail)), encoded, tail
+
+
+def _encoded_head(image_len, tail_len):
+    """Protobuf wire bytes that precede the image in a serialised Example whose other features serialise to tail.
+
+    Putting a whole image into the message and serialising it costs two extra copies of every image, the largest
+    cost of this stage after the disk. So only the other features go through protobuf; the frame/encoded entry is
+    framed here, which is exact because a deterministic serialisation writes map entries sorted by key and
+    "frame/encoded" sorts before every other key: the Example is
+      Example.features(1) { Features.feature(1) map entry { key(1) "frame/encoded", value(2) Feature {
+        bytes_list(1) BytesList { value(1) <image> } } }, <the other entries = tail> }
+    and each nested message is a length-delimited field: tag byte (field << 3 | 2), varint length, payload.
+    """
+    bytes_list = image_len + _delimited_len(image_len)
+    feature = bytes_list + _delimited_len(bytes_list)
+    entry = len(_ENCODED_KEY) + _delimited_len(len(_ENCODED_KEY)) + feature + _delimited_len(feature)
+    features = entry + _delimited_len(entry) + tail_len
+    return b"".join((
+        b"\x0a", _varint(features),  # Example.features
+        b"\x0a", _varint(entry),  # Features.feature map entry
+        b"\x0a", _varint(len(_ENCODED_KEY)), _ENCODED_KEY,  # key
+        b"\x12", _varint(feature),  # value: Feature
+        b"\x0a", _varint(bytes_list),  # Feature.bytes_list
+        b"\x0a", _varint(image_len),  # BytesList.value[0], followed by the image itself
+    ))
+
+
+def _varint(n):
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited_len(n):
+    """Bytes a length-delimited field adds around an n-byte payload: its one-byte tag and the varint length."""
+    return 1 + len(_varint(n))
 
 
 def _write_shards(jobs):
@@ -187,20 +254,20 @@ def _write_shards(jobs):
 
 
 def _write_shard(job):
-    images_root, labels_root = Path(job["images_root"]), Path(job["labels_root"])
+    # Paths are spelt from the directory prefixes as str(Path(dir) / name) would: the warning json keys and error
+    # messages contain them.
+    image_prefix, label_prefix = job["image_prefix"], job["label_prefix"]
     counts, warnings = Counter(), {}
     with TFRecordWriter(job["path"]) as writer:
         for frame_id in job["frames"]:
-            image_path = images_root / (frame_id + job["extension"])
-            label_path = labels_root / f"{frame_id}.txt"
-            width, height = image_size(image_path)
-            encoded = image_path.read_bytes()
+            image_path = image_prefix + frame_id + job["extension"]
+            label_path = f"{label_prefix}{frame_id}.txt"
+            encoded, (width, height) = read_image(image_path)
             rows = _parse_label_file(label_path)
-            payload, c = _example(frame_id, job["image_dir_name"], encoded, width, height, rows, job["class2idx"],
-                                  label_path, warnings)
-            writer.write(payload)
-            counts += c
-    Path(job["index_path"]).write_text(format_index(writer.index))
+            writer.write_parts(_example(frame_id, job["image_dir_name"], encoded, width, height, rows,
+                                        job["class2idx"], label_path, warnings, counts))
+    with open(job["index_path"], "w") as f:
+        f.write(format_index(writer.index))
     return {"partition": job["partition"], "file": os.path.basename(job["final"]), "records": len(writer.index),
             "counts": counts, "warnings": warnings}
 
@@ -263,11 +330,13 @@ def _convert(spec, output, class_names_file, workers, progress, replace):
             for s, shard in enumerate(shards):
                 final = Path(shard_name(output, p, k.num_partitions, s, k.num_shards))
                 jobs.append({"partition": p, "frames": shard, "final": str(final), "path": str(tmp / final.name),
-                             "index_path": str(tmp / f"idx-{final.name}"), "images_root": str(images_root),
-                             "labels_root": str(labels_root), "extension": spec.image_extension,
+                             "index_path": str(tmp / f"idx-{final.name}"), "image_prefix": dir_prefix(images_root),
+                             "label_prefix": dir_prefix(labels_root), "extension": spec.image_extension,
                              "image_dir_name": k.image_dir_name, "class2idx": class2idx})
+        # One task per shard, handed out as workers free up: a worker that runs slower (a busy core) then writes
+        # fewer shards instead of holding up the whole step with a fixed half of them.
         results = map_chunks(_write_shards, jobs, workers=workers, desc="tfrecords", progress=progress,
-                             chunks_per_worker=1, unit="shard")
+                             chunks_per_worker=len(jobs), unit="shard")
         warnings = {}
         for r in results:
             warnings.update(r["warnings"])

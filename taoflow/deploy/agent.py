@@ -78,6 +78,7 @@ async def call(session, command, *args, timeout=None, etlt_key=None):
     if reply is None:
         tail = (err or out).strip()[-600:]
         raise DeployError(f"agent {command} gave no JSON reply (exit status {status}): {tail}", device.name)
+    session.agent_cpu_s += float(reply.get("cpu_s") or 0)
     if reply.get("protocol") != PROTOCOL:
         raise DeployError(f"agent protocol {reply.get('protocol')} != {PROTOCOL}: agent files out of date",
                           device.name)

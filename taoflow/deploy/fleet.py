@@ -59,7 +59,8 @@ async def aprobe(device, retries=4):
     async with device_lock(device), Session(device) as s:
         sent = await with_retries(s, lambda: ship_agent(s), retries)
         report = await with_retries(s, lambda: call(s, "probe"), retries)
-        report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent}
+        report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent,
+                              "agent_cpu_s": round(s.agent_cpu_s, 3)}
         return report
 
 
@@ -149,7 +150,8 @@ async def ship(session, package, staging, engine=None, progress=None):
 
 
 async def adeploy_to_device(device, package, *, name, version=None, wave=None, keep=3, build=True, engine=None,
-                            etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20):
+                            etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20,
+                            verify=None):
     """Ship agent + package, build, smoke, activate. Returns a result dict.
 
     Fan-out to the rest of an engine-key group after its canary: `engine` = (local path, sha256) of the engine
@@ -158,6 +160,8 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
     test then proves the model loads and is right on this device. `etlt_key` goes to the device
     on stdin only. On failure the staged copy is discarded and `current` is what it was.
     `on_step(device name, step)` is called as each step starts: ship, build, smoke, activate (flow logging).
+    `verify(device, smoke record)` runs on the host between a passed smoke test and the switch; raising a
+    DeployError there refuses the version (a canary's detections checked against the host's, for example).
     """
     package = package if isinstance(package, Package) else load_package(package)
     version = version or package.version
@@ -192,6 +196,8 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
                 built = {"runtime": "skipped"}
             step("smoke")
             smoke = await again(lambda: call(s, "smoke", *ids, "--iterations", str(smoke_iterations)))
+            if verify is not None:
+                verify(device, smoke)
             step("activate")
             wave_args = [] if wave is None else ["--wave", str(wave)]
             after = await again(lambda: call(s, "activate", *ids, "--keep", str(keep), *wave_args))
@@ -199,13 +205,13 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
             with suppress(DeployError):
                 await call(s, "discard", *ids)
             raise
-        bytes_sent = s.bytes_sent
+        bytes_sent, agent_cpu = s.bytes_sent, s.agent_cpu_s
     state = after["models"][name]
     current = next(v for v in state["versions"] if v["version"] == state["current"])
     return {"device": device.name, "name": name, "version": version, "wave": wave, "previous": previous,
             "current": state["current"], "passport": current["passport"], "build": built,
             "smoke": {k: smoke.get(k) for k in ("passed", "runtime", "runtime_version", "fps", "latency_ms")},
-            "files_uploaded": uploaded, "bytes_uploaded": bytes_sent,
+            "files_uploaded": uploaded, "bytes_uploaded": bytes_sent, "agent_cpu_s": round(agent_cpu, 3),
             "seconds": round(time.monotonic() - started, 3)}
 
 
@@ -239,6 +245,23 @@ async def arollback_device(device, name, to=None, retries=4):
 
 def rollback_device(device, name, to=None):
     return run_sync(arollback_device(device, name, to))
+
+
+async def arevert_device(device, name, version, retries=4):
+    """Undo this rollout's activation of `version` (agent `revert`): back to the version before it, or no
+    `current` at all when `version` was the device's first. A no-op when `version` is not current, so it is
+    retried freely and is safe on a device whose deploy failed before the switch."""
+    async with device_lock(device), Session(device) as s:
+        await with_retries(s, lambda: ship_agent(s), retries)
+        result = await with_retries(s, lambda: call(s, "revert", "--name", name, "--version", version), retries)
+    state = result["models"][name]
+    passport = next((v["passport"] for v in state["versions"] if v["version"] == state["current"]), None)
+    return {"device": device.name, "name": name, "reverted": result["reverted"], "current": state["current"],
+            "passport": passport}
+
+
+def revert_device(device, name, version):
+    return run_sync(arevert_device(device, name, version))
 
 
 async def astatus(device, name=None, retries=4):

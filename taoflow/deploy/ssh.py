@@ -13,6 +13,7 @@ build is killed on the device, not just abandoned by the host.
 
 import asyncio
 import contextlib
+import logging
 import shlex
 from pathlib import Path
 
@@ -20,6 +21,11 @@ import asyncssh
 
 from ..fsutil import sha256_file
 from .errors import DeployError, HostKeyError, RemoteTimeout, UnreachableError, UploadError
+
+# asyncssh logs every channel and SFTP request at INFO: hundreds of lines per device and deploy, drowning the
+# deploy's own log. Quiet unless someone configured the asyncssh logger on purpose.
+if logging.getLogger("asyncssh").level == logging.NOTSET:
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 CHUNK = 4 << 20          # asyncssh splits each write into pipelined SFTP requests
 KILL_GRACE_S = 10        # `timeout -k`: SIGKILL this long after SIGTERM
@@ -70,13 +76,15 @@ def fingerprint(key_line):
 
 
 class Session:
-    """One device's SSH connection; reconnects on demand. Counts bytes uploaded for reports and benchmarks."""
+    """One device's SSH connection; reconnects on demand. Counts bytes uploaded and the agent's CPU seconds for
+    reports and benchmarks."""
 
     def __init__(self, device):
         self.device = device
         self.conn = None
         self.sftp = None
         self.bytes_sent = 0
+        self.agent_cpu_s = 0.0  # CPU seconds the agent reported for its commands on this session's device
 
     async def __aenter__(self):
         await self.connect()

@@ -68,3 +68,47 @@ def package_copy(selftest_package, tmp_path):
         (dest / "passport.json").write_text(f'{{"format": "taoflow-passport/1", "tag": "{tag}"}}\n')
         return dest
     return copy
+
+
+@pytest.fixture(scope="session")
+def native_export(tmp_path_factory):
+    """A model trained by the native backend for 2 epochs on a tiny synthetic CRPD set (the backend tests' spec)
+    and exported with --gen_ds_config: (export dir, validation image dir)."""
+    from taoflow.backends.native.train import train
+    from taoflow.datasets.crpd import convert_crpd
+    from taoflow.datasets.demo import generate_crpd
+    from taoflow.datasets.split import split_dataset
+    from taoflow.datasets.tfrecords import dataset_convert
+    from taoflow.spec import parse_dataset_export_text
+    from tests.backends.native.conftest import cli, write_spec
+
+    root = tmp_path_factory.mktemp("native")
+    generate_crpd(root / "raw", num_images=16, image_size=(160, 120), seed=5, split_fractions=(1.0, 0.0, 0.0),
+                  progress=False)
+    convert_crpd(root / "raw", root / "kitti", progress=False)
+    split_dataset(root / "kitti/train/image", root / "kitti/train/label", root / "split", val_split=25,
+                  progress=False)
+    spec = parse_dataset_export_text(f"""kitti_config {{ root_directory_path: "{root / 'split/training'}"
+        image_dir_name: "image" label_dir_name: "label" image_extension: ".jpg" partition_mode: "random"
+        num_partitions: 2 val_split: 0 num_shards: 2 }}
+        target_class_mapping {{ key: "lpd" value: "lpd" }}""")
+    dataset_convert(spec, root / "tfrecords" / "t", progress=False)
+    spec_path = write_spec(root / "spec.txt", root)
+    result = train(spec_path, root / "run", device="cpu")
+    code, text = cli("export", "-e", spec_path, "-m", result["checkpoint"], "-o", root / "export" / "model.onnx",
+                     "--gen_ds_config", "--data_type", "fp16")
+    assert code == 0, text
+    return root / "export", root / "split" / "val" / "image"
+
+
+@pytest.fixture(scope="session")
+def selftest_export(selftest_package, tmp_path_factory):
+    """The self-test package's export part (model.onnx, model.json, labels.txt) and its sample images apart."""
+    export = tmp_path_factory.mktemp("selftest-export")
+    for name in ("model.onnx", "model.json", "labels.txt"):
+        shutil.copy2(selftest_package / name, export / name)
+    images = export / "images"
+    images.mkdir()
+    for path in (selftest_package / "samples").glob("*.png"):
+        shutil.copy2(path, images / path.name)
+    return export, images

@@ -82,3 +82,11 @@ def test_stdout_stays_pure_json_when_native_code_prints(python, py36, agent, tmp
                           capture_output=True, text=True, timeout=120, env=env)
     assert "noise from a native library" in proc.stderr  # the hook did fire, into stderr
     assert len(proc.stdout.strip().splitlines()) == 1 and json.loads(proc.stdout)["ok"] is True
+
+
+def test_every_reply_reports_the_commands_cpu_seconds(agent, tmp_path):
+    python = sys.executable
+    status, reply = agent(python, tmp_path / "root", "probe")
+    assert status == 0 and isinstance(reply["cpu_s"], float) and reply["cpu_s"] > 0
+    status, reply = agent(python, tmp_path / "root", "rollback", "--name", "lpd")
+    assert status == 1 and reply["cpu_s"] >= 0  # failures report it too

@@ -1,12 +1,13 @@
 """Package validation (file:line errors) and the probe's parsers of real Jetson file formats."""
 
+import hashlib
 import json
 import shutil
 
 import pytest
 from agent_common import AgentError
 from agent_package import load_expected, load_labels, load_model_json, package_digest
-from agent_probe import parse_l4t, parse_nvpmodel, parse_version_header, probe
+from agent_probe import parse_l4t, parse_ldd, parse_nvpmodel, parse_version_header, probe, scan_library
 
 
 @pytest.fixture
@@ -104,3 +105,45 @@ def test_probe_reports_absent_things_as_null(tmp_path):
     for key in ("l4t", "tensorrt", "nvinfer_plugin", "power_mode"):  # not a Jetson: null, not a crash
         assert report[key] is None, key
     assert report["tools"] == {"trtexec": None, "tao-converter": None}
+
+
+def test_plugin_creators_are_found_in_the_library_bytes(tmp_path):
+    lib = tmp_path / "libnvinfer_plugin.so.8.2.1"
+    # Creator names as the compiler lays out string literals; one straddles the scan's chunk boundary.
+    blob = b"\x7fELF" + b"\0" * 40 + b"BatchedNMS_TRT\0NMS_TRT\0xNMSDynamic_TRT\0" + b"\0" * 17
+    blob += b"BatchTilePlugin_TRT\0NMS_TRT_extra\0"
+    lib.write_bytes(blob)
+    digest, found = scan_library(str(lib), chunk=64)
+    assert found == ["BatchTilePlugin_TRT", "BatchedNMS_TRT", "NMS_TRT"]
+    assert digest == hashlib.sha256(blob).hexdigest()
+
+
+def test_ldd_output_tells_which_tensorrt_a_tool_was_built_for():
+    trt7 = ("\tlinux-vdso.so.1 (0x0000ffff)\n\tlibnvinfer.so.7 => not found\n"
+            "\tlibnvinfer_plugin.so.7 => not found\n\tlibc.so.6 => /lib/aarch64-linux-gnu/libc.so.6 (0x0000ffff)\n")
+    assert parse_ldd(trt7) == {"nvinfer_major": "7", "missing": ["libnvinfer.so.7", "libnvinfer_plugin.so.7"]}
+    ok = "\tlibnvinfer.so.8 => /usr/lib/aarch64-linux-gnu/libnvinfer.so.8 (0x0000ffff)\n"
+    assert parse_ldd(ok) == {"nvinfer_major": "8", "missing": []}
+    assert parse_ldd("\tnot a dynamic executable\n") is None and parse_ldd(None) is None
+
+
+def test_probe_lists_installed_models_with_their_passports(pkg, tmp_path):
+    from agent_smoke import smoke
+    from agent_store import activate, staging_dir
+
+    root = str(tmp_path / "root")
+    shutil.copytree(str(pkg), staging_dir(root, "lpd", "v1"))
+    smoke(root, staging_dir(root, "lpd", "v1"), iterations=1)
+    activate(root, "lpd", "v1", wave=0)
+    models = probe(root)["models"]
+    assert models["lpd"]["current"] == "v1" and models["lpd"]["passport"]["wave"] == 0
+
+
+def test_grayscale_exports_may_name_their_channel_order_gray(pkg):
+    def gray(meta):
+        meta["input"].update(channels=1, channel_order="GRAY", mean=[117.0])
+    edit_json(pkg / "model.json", gray)
+    assert load_model_json(str(pkg))["input"]["channel_order"] == "GRAY"
+    edit_json(pkg / "model.json", lambda m: m["input"].update(channels=3, mean=[1.0, 2.0, 3.0]))
+    with pytest.raises(AgentError, match="input.channel_order must be one of BGR, RGB"):
+        load_model_json(str(pkg))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from agent_common import AgentError
 from agent_smoke import smoke
-from agent_store import activate, discard, rollback, staging_dir, status
+from agent_store import activate, discard, revert, rollback, staging_dir, status
 
 
 @pytest.fixture
@@ -106,3 +106,27 @@ def test_reactivating_an_installed_version_and_same_bytes_redeploy(stage):
 def test_names_cannot_escape_the_device_root(tmp_path, bad):
     with pytest.raises(AgentError, match="must be 1-128 characters"):
         staging_dir(str(tmp_path), "lpd", bad)
+
+
+def test_revert_undoes_one_activation_and_is_idempotent(stage):
+    stage("v1")
+    activate(stage.root, "lpd", "v1")
+    stage("v2")
+    activate(stage.root, "lpd", "v2")
+    result = revert(stage.root, "lpd", "v2")
+    assert result["reverted"] is True and result["models"]["lpd"]["current"] == "v1"
+    assert result["models"]["lpd"]["history"] == ["v1"]  # a later plain rollback never lands on v2
+    again = revert(stage.root, "lpd", "v2")  # the host lost the first reply and asks again
+    assert again["reverted"] is False and current(stage.root) == "v1"
+    assert os.path.isdir(os.path.join(stage.root, "models", "lpd", "v2"))  # still installed, for `rollback --to`
+    assert rollback(stage.root, "lpd", to="v2")["models"]["lpd"]["current"] == "v2"
+
+
+def test_reverting_a_first_version_leaves_no_current(stage):
+    stage("v1")
+    activate(stage.root, "lpd", "v1")
+    result = revert(stage.root, "lpd", "v1")
+    assert result["reverted"] is True and result["models"]["lpd"]["current"] is None
+    assert not os.path.lexists(os.path.join(stage.root, "models", "lpd", "current"))
+    assert revert(stage.root, "lpd", "v1")["reverted"] is False
+    assert activate(stage.root, "lpd", "v1")["models"]["lpd"]["current"] == "v1"

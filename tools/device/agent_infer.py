@@ -160,8 +160,12 @@ class OnnxRuntimeModel(object):
             raise AgentError("output kind {} needs TensorRT (its NMS is a TensorRT plugin)".format(
                 meta["output"]["kind"]))
         self.version = onnxruntime.__version__
+        options = onnxruntime.SessionOptions()
+        # The smoke test runs next to the device's live application: ONNX Runtime's idle worker threads would
+        # otherwise busy-wait through every preprocessing and NMS step, taking CPU the camera pipeline needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types per version
             raise AgentError("onnxruntime cannot load the model: {}".format(str(e).splitlines()[0]),
                              model_path) from None

@@ -45,7 +45,9 @@ def load_model_json(package):
             raise AgentError("input.{} must be positive".format(key), path, line_of(text, key))
     if inp["channels"] not in (1, 3):
         raise AgentError("input.channels must be 1 or 3", path, line_of(text, "channels"))
-    checks = [("layout", ("NCHW",)), ("channel_order", ("BGR", "RGB")), ("resize", ("stretch",)),
+    # A grayscale export names its channel order GRAY (taoflow export writes it): one channel, one mean.
+    orders = ("BGR", "RGB", "GRAY") if inp["channels"] == 1 else ("BGR", "RGB")
+    checks = [("layout", ("NCHW",)), ("channel_order", orders), ("resize", ("stretch",)),
               ("dtype", ("float32",))]
     for key, allowed in checks:
         if inp.get(key, allowed[0]) not in allowed:

@@ -5,6 +5,7 @@ dev box without /etc/nv_tegra_release or a container without nvpmodel still gets
 """
 
 import glob
+import hashlib
 import os
 import platform
 import re
@@ -12,7 +13,8 @@ import shutil
 import subprocess
 import sys
 
-from agent_common import sha256_file
+import agent_store
+from agent_common import AgentError, load_json
 
 LIB_DIRS = ["/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib64",
             "/usr/lib"]
@@ -122,8 +124,35 @@ def cudnn_version():
     return _lib_version("libcudnn.so.")
 
 
+# Plugin creators a TAO SSD engine needs (NMS_TRT; BatchTilePlugin_TRT for .etlt graphs) and their relatives.
+PLUGIN_NAMES = ("NMS_TRT", "NMSDynamic_TRT", "BatchTilePlugin_TRT", "BatchedNMS_TRT", "BatchedNMSDynamic_TRT")
+_PLUGIN_RE = re.compile(b"(?<![A-Za-z0-9_])(" + b"|".join(n.encode() for n in PLUGIN_NAMES) + b")\x00")
+
+
+def scan_library(path, chunk=1 << 20):
+    """(sha256, plugin creator names found) of a shared library in one pass.
+
+    Creator names are NUL-terminated string literals in the library's read-only data, so finding
+    b"BatchTilePlugin_TRT\0" tells whether this build (stock JetPack or a TRT-OSS rebuild) has the plugin
+    without loading it into the agent (loading needs CUDA and can abort the process on a broken install).
+    """
+    h = hashlib.sha256()
+    found = set()
+    tail = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+            data = tail + block
+            found.update(m.group(1).decode() for m in _PLUGIN_RE.finditer(data))
+            tail = data[-64:]
+    return h.hexdigest(), sorted(found)
+
+
 def plugin_library():
-    """The resolved libnvinfer_plugin and its sha256: a TRT-OSS rebuild (NMS/BatchTile) changes the hash."""
+    """The resolved libnvinfer_plugin, its sha256 (a TRT-OSS rebuild changes it) and the SSD plugins it has."""
     dirs = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p] + LIB_DIRS
     for d in dirs:
         path = os.path.join(d, "libnvinfer_plugin.so")
@@ -131,9 +160,10 @@ def plugin_library():
         for candidate in candidates:
             real = os.path.realpath(candidate)
             try:
-                return {"path": real, "sha256": sha256_file(real)}
+                digest, plugins = scan_library(real)
             except OSError:
                 continue
+            return {"path": real, "sha256": digest, "plugins": plugins}
     return None
 
 
@@ -199,10 +229,46 @@ def tool_path(name, extra, root):
     return None
 
 
+def parse_ldd(text):
+    """`ldd` output -> {"nvinfer_major": "8" or None, "missing": [libraries not found]}: whether a tao-converter
+    or trtexec build matches this device's TensorRT (a TRT 7 build on JetPack 4.6 shows libnvinfer.so.7 missing)."""
+    if text is None or "not a dynamic executable" in text:
+        return None
+    major = re.search(r"libnvinfer\.so\.(\d+)", text)
+    return {"nvinfer_major": major.group(1) if major else None,
+            "missing": re.findall(r"^\s*(\S+)\s+=>\s+not found", text, re.M)}
+
+
+def tool_links(tools):
+    return {name: parse_ldd(_output(["ldd", path])) for name, path in sorted(tools.items()) if path}
+
+
+def installed_models(root):
+    """{model name: {"current": version or None, "passport": its passport}}: what a rollback would return to."""
+    base = os.path.join(root, "models")
+    if not os.path.isdir(base):
+        return {}
+    found = {}
+    for name in sorted(os.listdir(base)):
+        models = os.path.join(base, name)
+        if agent_store.NAME_RE.match(name) and os.path.isdir(models):
+            current = agent_store.current_version(models)
+            passport = None
+            if current is not None:
+                try:
+                    passport = load_json(os.path.join(models, current, "passport.json"))[0]
+                except AgentError:  # missing or unreadable: the probe reports, it does not fail
+                    passport = None
+            found[name] = {"current": current, "passport": passport}
+    return found
+
+
 def probe(root):
     trt = tensorrt_version()
     ort = onnxruntime_info()
     runtimes = (["tensorrt"] if trt and module_version("pycuda") else []) + (["onnxruntime"] if ort else [])
+    tools = {"trtexec": tool_path("trtexec", TRTEXEC_PATHS, root),
+             "tao-converter": tool_path("tao-converter", [], root)}
     return {
         "l4t": parse_l4t(_read("/etc/nv_tegra_release")),
         "tensorrt": trt,
@@ -216,8 +282,10 @@ def probe(root):
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "machine": platform.machine(),
         "modules": {"numpy": module_version("numpy"), "cv2": module_version("cv2"),
+                    "tensorrt": module_version("tensorrt") if trt else None,
                     "pycuda": module_version("pycuda"), "onnxruntime": ort},
-        "tools": {"trtexec": tool_path("trtexec", TRTEXEC_PATHS, root),
-                  "tao-converter": tool_path("tao-converter", [], root)},
+        "tools": tools,
+        "tool_links": tool_links(tools),
         "runtimes": runtimes,
+        "models": installed_models(root),
     }

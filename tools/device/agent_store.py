@@ -1,4 +1,4 @@
-"""`activate` / `rollback` / `status` / `discard`: versioned model directories and the atomic `current` link.
+"""`activate` / `rollback` / `revert` / `status` / `discard`: versioned model directories and the atomic `current` link.
 
   <root>/staging/<name>/<version>/   uploads, build and smoke happen here; never read by the application
   <root>/models/<name>/<version>/    installed versions, each with passport.json (and smoke.json, build.json)
@@ -154,6 +154,36 @@ def rollback(root, name, to=None):
         _write_history(models, history)
     result = status(root, name)
     result["rolled_back_from"] = current
+    return result
+
+
+def revert(root, name, version):
+    """Undo the activation of `version`, for a rollout that aborted after switching this device.
+
+    If `version` is current, `current` goes back to the version activated before it; when it was the first
+    version of this model on the device, `current` is removed: the device ran no model of this name before the
+    rollout, and reverting restores exactly that. `version` leaves the history but stays installed (smoke-tested,
+    so `rollback --to` can bring it back) until keep-K prunes it. When `version` is not current nothing changes,
+    so the host can repeat a revert whose reply it lost.
+    """
+    models = _models(root, name)
+    check_name("version", version)
+    with device_lock(root, "models-" + name, wait_s=30):
+        current = current_version(models)
+        if current != version:
+            result = status(root, name)
+            result.update(reverted=False, reverted_from=None)
+            return result
+        history = [v for v in _history(models) if v != version and os.path.isdir(os.path.join(models, v))]
+        if history:
+            target = history[-1]
+            _check_smoke(os.path.join(models, target), target)
+            _switch_current(models, target)
+        else:
+            os.unlink(os.path.join(models, "current"))
+        _write_history(models, history)
+    result = status(root, name)
+    result.update(reverted=True, reverted_from=version)
     return result
 
 

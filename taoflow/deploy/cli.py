@@ -1,0 +1,148 @@
+"""`taoflow fleet status|rollback` and `taoflow device doctor`: thin wrappers over taoflow.deploy's functions.
+
+Exit codes: 0 all well; 1 a device was unreachable or lacks something (the output says which); 2 bad input (the
+inventory, an unknown device or version: one `error:` line from taoflow.cli). The deploy package is imported only
+when a command runs, so `taoflow --help` stays fast.
+"""
+
+import json
+import sys
+import time
+
+
+def _inventory_argument(parser):
+    parser.add_argument("-i", "--inventory", required=True, metavar="FLEET_TOML",
+                        help="fleet inventory (see specs/fleet.example.toml)")
+
+
+def _table(rows, columns):
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)).rstrip())
+    return "\n".join(lines)
+
+
+# --- fleet status ----------------------------------------------------------------------------------------------
+
+def add_status_arguments(parser):
+    _inventory_argument(parser)
+    parser.add_argument("--model", help="only this model name")
+    parser.add_argument("--device", action="append", help="only this device (repeatable)")
+    parser.add_argument("--tag", action="append", help="only devices with this tag (repeatable: all must match)")
+    parser.add_argument("--json", action="store_true", help="print the full status, passports included, as JSON")
+
+
+def status_rows(status):
+    """fleet_status() result -> table rows: one per device and model; unreachable devices get one error row."""
+    from .report import passport_id
+
+    rows = []
+    for device in sorted(status):
+        models = status[device]
+        if isinstance(models, Exception):
+            rows.append({"device": device, "model": "-", "current": "-", "error": f"unreachable: {models.reason}"})
+            continue
+        if not models:
+            rows.append({"device": device, "model": "-", "current": "-", "error": "no models installed"})
+        for name in sorted(models):
+            state = models[name]
+            current = next((v for v in state["versions"] if v["version"] == state["current"]), None)
+            passport = (current or {}).get("passport") or {}
+            activated = passport.get("activated_at")
+            rows.append({
+                "device": device, "model": name, "current": state["current"] or "(none)",
+                "passport": passport_id(passport) or "-",
+                "fps": (current or {}).get("fps") or "-",
+                "activated": time.strftime("%Y-%m-%d %H:%M", time.localtime(activated)) if activated else "-",
+                "versions": len(state["versions"]),
+                "error": "" if state["current"] else "no current version"})
+    return rows
+
+
+def run_status(args):
+    from . import fleet_status, load_inventory
+
+    fleet = load_inventory(args.inventory)
+    devices = fleet.select(args.device, args.tag)
+    status = fleet_status(devices, args.model, fleet.concurrency)
+    failed = sum(isinstance(v, Exception) for v in status.values())
+    if args.json:
+        print(json.dumps({d: ({"error": str(v)} if isinstance(v, Exception) else v) for d, v in status.items()},
+                         indent=2, sort_keys=True))
+    else:
+        print(_table(status_rows(status), ("device", "model", "current", "passport", "fps", "activated", "versions",
+                                           "error")))
+    if failed:
+        print(f"{failed} of {len(status)} devices unreachable", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- fleet rollback --------------------------------------------------------------------------------------------
+
+def add_rollback_arguments(parser):
+    _inventory_argument(parser)
+    parser.add_argument("--device", required=True, help="device name in the inventory")
+    parser.add_argument("--model", help="model name (default: the device's only model)")
+    parser.add_argument("--to", metavar="VERSION", help="version to switch to (default: the one before current)")
+
+
+def run_rollback(args):
+    from . import DeployError, astatus, load_inventory, rollback_device
+    from .fleet import run_sync
+
+    device = load_inventory(args.inventory).select([args.device])[0]
+    name = args.model
+    if name is None:
+        models = sorted(run_sync(astatus(device)))
+        if len(models) != 1:
+            raise DeployError(f"the device has {len(models)} models ({', '.join(models) or 'none'}): "
+                              f"choose one with --model", device.name)
+        name = models[0]
+    result = rollback_device(device, name, args.to)
+    print(f"{device.name} {name}: current {result['rolled_back_from']} -> {result['current']}")
+    return 0
+
+
+# --- device doctor ---------------------------------------------------------------------------------------------
+
+def add_doctor_arguments(parser):
+    parser.add_argument("target", metavar="HOST_OR_DEVICE", help="a device name or host of the inventory")
+    _inventory_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the raw probe report as JSON")
+
+
+def find_device(fleet, target):
+    """The inventory device named `target`, or the one at host `target` (host:port when several share a host)."""
+    from .errors import InventoryError
+
+    if target in fleet.by_name:
+        return fleet.by_name[target]
+    matches = [d for d in fleet.devices if target in (d.host, d.address)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InventoryError(f"{len(matches)} devices at {target} ({', '.join(d.name for d in matches)}): give the "
+                             f"device name or host:port", path=fleet.path)
+    raise InventoryError(f"no device named or at {target!r} in the inventory (a host must be listed there with its "
+                         f"trusted host key before taoflow connects to it)", path=fleet.path)
+
+
+def run_doctor(args):
+    from . import aprobe, load_inventory
+    from .doctor import diagnose, verdict
+    from .fleet import run_sync
+
+    fleet = load_inventory(args.inventory)
+    device = find_device(fleet, args.target)
+    probe = run_sync(aprobe(device))
+    if args.json:
+        print(json.dumps(probe, indent=2, sort_keys=True))
+    checks = diagnose(probe)
+    code, lines = verdict(probe, checks)
+    print(f"{device.name} ({device.user}@{device.address}, root {device.device_root})")
+    rows = [{"state": c.state, "item": c.item, "found": c.found, "advice": c.advice} for c in checks]
+    print(_table(rows, ("state", "item", "found", "advice")))
+    for line in lines:
+        print(line)
+    return code

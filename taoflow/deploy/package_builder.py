@@ -1,0 +1,215 @@
+"""Build a deployable model package (docs/model-package.md) from a native export directory.
+
+export dir (model.onnx, model.json, labels.txt, optionally nvinfer_config.txt and cal.bin) + candidate sample
+images + a passport -> a package directory with samples/ and samples/expected.json, written atomically.
+
+expected.json holds the detections the host computes with the exported ONNX through ONNX Runtime: what a correct
+device must reproduce. They are computed the way the device computes them (model.json's preprocessing, TensorRT
+NMS-plugin semantics with the package's own nms settings, the plugin's output layout, boxes in original-image
+pixels) but by the host's implementation (taoflow.backends.native.nms), not by the agent's code: a bug on either
+side then fails the smoke test instead of being copied into the expectation.
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..backends.native.nms import nms_plugin, parse_nms_output
+from ..fsutil import atomic_dir, sha256_file
+from .errors import DeployError
+from .package import FORMAT, load_package
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+OPTIONAL_FILES = ("nvinfer_config.txt", "cal.bin")
+PASSPORT_FORMAT = "taoflow-passport/1"
+# Host detections this far below score_threshold are kept in expected.json: a device detection that scores a
+# little higher than the host's must find its partner there, or the rule would count it as unexpected.
+RECORD_MARGIN = 0.1
+
+
+def read_export(export_dir):
+    """model.json of an export dir, checked for what the host needs to run it; labels.txt must agree."""
+    export_dir = Path(export_dir)
+    path = export_dir / "model.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeployError("no model.json: export with `taoflow-ssd export ... --gen_ds_config`", path=path) from None
+    except json.JSONDecodeError as e:
+        raise DeployError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DeployError(f"not a {FORMAT} model.json", path=path)
+    model_file = meta.get("model_file", "")
+    if not str(model_file).endswith(".onnx") or (meta.get("output") or {}).get("kind") != "decoded":
+        raise DeployError(f"the host computes expected detections for taoflow's ONNX exports (model_file *.onnx, "
+                          f"output kind 'decoded'), not {model_file!r}", path=path)
+    if not (export_dir / model_file).is_file():
+        raise DeployError(f"model_file {model_file} is not in {export_dir}", path=path)
+    labels_path = export_dir / "labels.txt"
+    if not labels_path.is_file():
+        raise DeployError("no labels.txt: export with --gen_ds_config", path=labels_path)
+    labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if labels != ["background"] + list(meta.get("classes") or []):
+        raise DeployError(f"labels.txt {labels} disagrees with model.json classes {meta.get('classes')}",
+                          path=labels_path)
+    return meta
+
+
+def preprocess(image_bgr, inp):
+    """One BGR image -> float32 [C, H, W] per model.json: plain resize, channel order, minus mean, times scale."""
+    resized = cv2.resize(image_bgr, (int(inp["width"]), int(inp["height"])), interpolation=cv2.INTER_LINEAR)
+    if int(inp["channels"]) == 1:
+        pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif inp.get("channel_order", "BGR") == "RGB":
+        pixels = resized[:, :, ::-1]
+    else:
+        pixels = resized
+    mean = np.asarray(inp["mean"], np.float32).reshape(1, 1, -1)
+    return ((pixels.astype(np.float32) - mean) * np.float32(inp.get("scale", 1.0))).transpose(2, 0, 1)
+
+
+class HostModel:
+    """The exported ONNX in ONNX Runtime (CPU) followed by the NMS plugin's semantics and layout."""
+
+    def __init__(self, model_path, meta):
+        import onnxruntime
+
+        self.meta = meta
+        self.version = onnxruntime.__version__
+        try:
+            self.session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise DeployError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}", path=model_path) from None
+        dim = self.session.get_inputs()[0].shape[0]
+        self.static = isinstance(dim, int) and dim > 0  # a static-batch export runs in its batch, zero-padded
+        self.batch = dim if self.static else 8
+        nms = meta.get("nms") or {}
+        self.nms = (nms.get("confidence_threshold", 0.01), nms.get("iou_threshold", 0.6), nms.get("top_k", 200),
+                    nms.get("keep_top_k", 200))
+        if self.nms[3] > self.nms[2]:
+            raise DeployError(f"nms keep_top_k {self.nms[3]} > top_k {self.nms[2]}: TensorRT's NMS plugin writes no "
+                              f"output then; re-export", path=model_path)
+
+    def detect(self, images, floor):
+        """[(name, BGR image)] -> {name: detections with confidence >= floor, in original-image pixels}."""
+        inp, out = self.meta["input"], self.meta["output"]
+        found = {}
+        for start in range(0, len(images), self.batch):
+            chunk = images[start:start + self.batch]
+            size = self.batch if self.static else len(chunk)
+            batch = np.zeros((size, int(inp["channels"]), int(inp["height"]), int(inp["width"])), np.float32)
+            for i, (_, image) in enumerate(chunk):
+                batch[i] = preprocess(image, inp)
+            boxes, scores = self.session.run([out["boxes"], out["scores"]], {inp["name"]: batch})
+            rows, keep = nms_plugin(boxes, scores, *self.nms)
+            for i, (name, image) in enumerate(chunk):
+                height, width = image.shape[:2]
+                dets = parse_nms_output(rows, keep, i, width, height, self.meta["classes"], floor)
+                found[name] = [{"label": d["label"], "confidence": round(d["confidence"], 4),
+                                "box": [round(v, 2) for v in d["box"]]} for d in dets]
+        return found
+
+
+def list_images(images):
+    """Candidate sample images: a directory's .jpg/.jpeg/.png files, or a list of files; sorted by name."""
+    if isinstance(images, (str, Path)):
+        folder = Path(images)
+        if not folder.is_dir():
+            raise DeployError(f"sample image directory {folder} not found")
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    else:
+        paths = sorted((Path(p) for p in images), key=lambda p: p.name)
+    paths = [p for p in paths if not p.name.startswith(".")]  # load_package never ships dot files
+    names = [p.name for p in paths]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise DeployError(f"two sample images are named {duplicate}; samples/ is one flat directory")
+    if not paths:
+        raise DeployError(f"no .jpg/.jpeg/.png sample images in {images}")
+    return paths
+
+
+def evenly_spaced(items, count):
+    """`count` of `items` spread from the first to the last (all of them when there are no more)."""
+    if len(items) <= count:
+        return list(items)
+    if count <= 1:
+        return list(items[:max(count, 0)])
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def pick_samples(detections, count, score_threshold):
+    """Names of the smoke set: images where the host detects something above score_threshold, spread over the
+    candidates, plus one image with no such detection (it proves the device adds nothing). A smoke set of empty
+    images would only prove that the model loads."""
+    names = sorted(detections)
+    positive = [n for n in names if any(d["confidence"] > score_threshold for d in detections[n])]
+    negative = [n for n in names if n not in set(positive)]
+    want_negative = 1 if negative and count > 1 else 0
+    chosen = evenly_spaced(positive, count - want_negative)
+    chosen += evenly_spaced(negative, count - len(chosen))
+    return sorted(chosen)
+
+
+def expected_text(expected):
+    """expected.json with one detection per line: reviewable in a diff, and the agent's errors name a line."""
+    head = json.dumps({k: v for k, v in expected.items() if k != "images"}, ensure_ascii=False)[1:-1]
+    images = []
+    for name, dets in expected["images"].items():
+        rows = ",\n".join("    " + json.dumps(d, ensure_ascii=False) for d in dets)
+        images.append(f"  {json.dumps(name, ensure_ascii=False)}: " + (f"[\n{rows}\n  ]" if dets else "[]"))
+    return "{" + head + ',\n "images": {\n' + ",\n".join(images) + "\n }}\n"
+
+
+def build_package(export_dir, dest, images, *, passport=None, count=8, score_threshold=0.3, iou_threshold=0.5,
+                  max_candidates=64, replace=False):
+    """Write a model package to `dest` and return it loaded (taoflow.deploy.Package).
+
+    `images`: a directory (e.g. the validation images) or a list of image files; up to `max_candidates` of them,
+    spread over the sorted list, are run on the host and `count` become samples/. `passport`: the dict the
+    pipeline made (content keys from raw data to this export), written as passport.json.
+    """
+    export_dir = Path(export_dir)
+    meta = read_export(export_dir)
+    if passport is not None and not isinstance(passport, dict):
+        raise DeployError(f"passport must be a dict, not {type(passport).__name__}")
+    if count < 1 or not 0 <= score_threshold <= 1 or not 0 < iou_threshold <= 1:
+        raise DeployError("count must be >= 1 and score/iou thresholds in [0, 1]")
+    candidates = []
+    for path in evenly_spaced(list_images(images), max_candidates):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.warning("skipping %s: not a readable image", path)
+            continue
+        candidates.append((path, image))
+    if not candidates:
+        raise DeployError(f"none of the sample images in {images} could be read")
+    model = HostModel(export_dir / meta["model_file"], meta)
+    detections = model.detect([(p.name, im) for p, im in candidates], max(0.0, score_threshold - RECORD_MARGIN))
+    chosen = pick_samples(detections, count, score_threshold)
+    if not any(d["confidence"] > score_threshold for n in chosen for d in detections[n]):
+        log.warning("no sample image has a host detection above %s: the smoke test will only prove that the "
+                    "model runs and detects nothing", score_threshold)
+    by_name = {p.name: p for p, _ in candidates}
+    expected = {"iou_threshold": iou_threshold, "score_threshold": score_threshold,
+                "images": {name: detections[name] for name in chosen},
+                "host": {"runtime": "onnxruntime", "runtime_version": model.version,
+                         "model_sha256": sha256_file(export_dir / meta["model_file"])}}
+    with atomic_dir(dest, replace=replace) as tmp:
+        for name in (meta["model_file"], "model.json", "labels.txt") + OPTIONAL_FILES:
+            if (export_dir / name).is_file():
+                shutil.copy2(export_dir / name, tmp / name)
+        (tmp / "samples").mkdir()
+        for name in chosen:
+            shutil.copy2(by_name[name], tmp / "samples" / name)
+        (tmp / "samples" / "expected.json").write_text(expected_text(expected), encoding="utf-8")
+        lineage = passport if passport is not None else {"format": PASSPORT_FORMAT, "stages": {}}
+        (tmp / "passport.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("model package %s: %d samples, %d expected detections above %s", dest, len(chosen),
+             sum(1 for n in chosen for d in detections[n] if d["confidence"] > score_threshold), score_threshold)
+    return load_package(dest)

@@ -1,0 +1,294 @@
+"""The `deploy-ssd` rollout as plain functions a Prefect flow calls: probe -> groups -> preflight -> per group a
+canary, the engine, waves -> a RolloutReport.
+
+Per engine-key group (devices that can share one built engine, fleet.engine_key):
+1. preflight (preflight.py): devices that cannot run the package are refused with the reason; the canary is the
+   device best able to build (tagged `canary`, then the most free memory);
+2. canary (wave 0): ship, build, smoke; then the host compares the canary's detections with its own
+   (compare_detections: same label, IoU, and confidence within a tolerance) before the switch. A failed canary
+   stops its group only: the package is wrong for that engine key, not necessarily for the others;
+3. TensorRT groups: the canary's engine is fetched and shipped to the rest, which never build (builds =
+   groups); ONNX Runtime groups skip the build on the rest (the canary's build only proved the model loads);
+4. waves of `wave_size` devices: ship (+ engine), smoke (proves the engine loads and is right on that device),
+   activate. A device that fails keeps its previous `current`: the switch is a deploy's last step, and a revert
+   afterwards confirms it (a connection lost during `activate` could have switched without a reply).
+   When more than `abort_threshold` of a wave's devices fail, the rollout stops: no group starts another wave,
+   and every device this rollout switched, in every group, is reverted to its previous version.
+
+A device without any model of this name before the rollout (`previous` None) has nothing to fall back to. If the
+rollout aborts after switching it, the revert removes its `current` (agent `revert`): it is returned to exactly the
+state it was in, running no model, and the new version stays installed and smoke-tested there, so an operator can
+activate it deliberately (`taoflow fleet rollback --device D --to VERSION`). Nothing is ever taken from a device
+that had a working model: it either keeps it or runs the new version after that version passed its smoke test.
+A device that cannot be reached for the revert keeps the new, smoke-tested version (status rollback_failed).
+"""
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import DeployError
+from .fleet import (NAME_RE, adeploy_to_device, afetch_engine, aprobe_all, arevert_device, group_by_engine_key,
+                    run_sync)
+from .package import Package, load_package
+from .preflight import choose_canary, device_problems
+from .report import DeviceOutcome, GroupOutcome, RolloutReport
+
+
+def compare_detections(expected, device_images, confidence_tolerance=0.1):
+    """The canary check, on the host: the device's smoke detections against expected.json.
+
+    Stricter than the device's own pass rule: each expected detection above score_threshold needs a device
+    detection of the same label with IoU >= iou_threshold whose confidence is within `confidence_tolerance`
+    (fp16 engines drift by ~0.01; a wrong mean or channel order moves confidences far more than boxes), and no
+    unmatched device detection may score above score_threshold + confidence_tolerance.
+    """
+    iou_min, threshold = expected["iou_threshold"], expected["score_threshold"]
+    checked = matched = 0
+    max_delta, min_iou, problems = 0.0, 1.0, []
+    for name in sorted(expected["images"]):
+        found = (device_images.get(name) or {}).get("detections") or []
+        used = set()
+        for exp in sorted(expected["images"][name], key=lambda d: -d["confidence"]):
+            best, best_iou = None, iou_min
+            for i, det in enumerate(found):
+                iou = _iou(exp["box"], det["box"])
+                if i not in used and det["label"] == exp["label"] and iou >= best_iou:
+                    best, best_iou = i, iou
+            if best is not None:
+                used.add(best)
+            if exp["confidence"] <= threshold:
+                continue  # recorded only so that a device detection scoring a little higher finds its partner
+            checked += 1
+            if best is None:
+                problems.append(f"{name}: no device detection for {exp['label']} {exp['box']} ({exp['confidence']})")
+                continue
+            delta = abs(found[best]["confidence"] - exp["confidence"])
+            max_delta, min_iou = max(max_delta, delta), min(min_iou, best_iou)
+            if delta > confidence_tolerance:
+                problems.append(f"{name}: {exp['label']} {exp['box']} confidence {found[best]['confidence']} on the "
+                                f"device, {exp['confidence']} on the host")
+            else:
+                matched += 1
+        for i, det in enumerate(found):
+            if i not in used and det["confidence"] > threshold + confidence_tolerance:
+                problems.append(f"{name}: unexpected {det['label']} {det['box']} ({det['confidence']}) on the device")
+    return {"passed": not problems, "checked": checked, "matched": matched, "max_confidence_delta": round(max_delta, 4),
+            "min_iou": round(min_iou, 4) if checked else None, "problems": problems[:10],
+            "more_problems": max(0, len(problems) - 10)}
+
+
+def _iou(a, b):
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def waves_of(names, size):
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+class _Rollout:
+    def __init__(self, devices, package, name, version, options, on_event):
+        self.by_name = {d.name: d for d in devices}
+        self.package, self.name, self.version = package, name, version
+        self.o = options
+        self.on_event = on_event
+        self.limit = asyncio.Semaphore(max(1, int(options["concurrency"])))
+        self.abort = asyncio.Event()
+        self.switched = []  # devices this rollout made run `version`, in switch order
+        self.expected = json.loads((package.path / "samples" / "expected.json").read_text(encoding="utf-8"))
+        self.report = RolloutReport(name, version, package.digest,
+                                    {d.name: DeviceOutcome(d.name, version) for d in devices})
+
+    def event(self, event, **fields):
+        if self.on_event is not None:
+            self.on_event({"event": event, **fields})
+
+    def settle(self, names, status, error):
+        for n in names:
+            out = self.report.devices[n]
+            out.status, out.error, out.current = status, error, out.previous
+
+    async def run(self, probes):
+        for n, out in self.report.devices.items():
+            probe = probes.get(n)
+            if probe is None or isinstance(probe, Exception):
+                out.status = "unreachable"
+                out.error = getattr(probe, "reason", None) or str(probe or "not probed")
+                self.event("unreachable", device=n, error=out.error)
+                continue
+            transfer = probe.get("transfer") or {}  # shipping the agent for the probe is part of the rollout
+            out.bytes_uploaded, out.agent_cpu_s = transfer.get("bytes_uploaded"), transfer.get("agent_cpu_s")
+            model = (probe.get("models") or {}).get(self.name) or {}
+            out.previous = out.current = model.get("current")
+            out.passport = model.get("passport")
+        ok = {n: p for n, p in probes.items() if n in self.by_name and not isinstance(p, Exception)}
+        groups = group_by_engine_key(ok, self.package)
+        await asyncio.gather(*(self.run_group(g, ok) for g in groups.values()))
+        if self.abort.is_set():
+            await self.revert_switched()
+            for g in self.report.groups.values():
+                if g.status in ("deployed", "partial"):
+                    g.status = "aborted"
+
+    async def run_group(self, group, probes):
+        g = self.report.groups[group.id] = GroupOutcome(group.id, group.key, list(group.devices))
+        for n in group.devices:
+            self.report.devices[n].group = group.id
+        able = []
+        for n in group.devices:
+            problems = device_problems(probes[n], self.package)
+            if problems:
+                self.settle([n], "refused", "; ".join(problems))
+                self.event("refused", device=n, group=g.id, error=self.report.devices[n].error)
+            else:
+                able.append(n)
+        tags = {n: self.by_name[n].tags for n in able}
+        canary, build_problems = choose_canary(able, probes, self.package, self.o["etlt_key"], tags)
+        if canary is None:
+            g.status = "refused"
+            if able:
+                g.error = f"no device of this group can build the engine: {'; '.join(build_problems[able[0]])}"
+                self.settle(able, "refused", g.error)
+            return
+        g.canary = canary
+        if self.abort.is_set():
+            return self.stop(g, able, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
+        if not await self.deploy(canary, g, 0, build=True, verify=self.canary_check(g)):
+            rest = [n for n in able if n != canary]
+            return self.stop(g, rest, "stopped", f"not deployed: canary {canary} failed "
+                                                 f"({self.report.devices[canary].error})")
+        self.report.builds += 1
+        engine = None
+        if group.key.get("runtime") == "tensorrt":
+            try:
+                dest = Path(self.o["engine_dir"]) / f"{g.id}-{self.version}.engine"
+                engine = await afetch_engine(self.by_name[canary], self.name, self.version, dest)
+            except DeployError as e:
+                rest = [n for n in able if n != canary]
+                return self.stop(g, rest, "stopped", f"not deployed: the canary's engine could not be fetched "
+                                                     f"({e.reason})")
+            g.engine_sha256 = engine[1]
+        pending = [n for n in able if n != canary]
+        for k, wave in enumerate(waves_of(pending, self.o["wave_size"]), 1):
+            if self.abort.is_set():
+                return self.stop(g, pending, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
+            pending = pending[len(wave):]
+            ok = await asyncio.gather(*(self.deploy(n, g, k, build=False, engine=engine) for n in wave))
+            failed = ok.count(False)
+            if failed / len(wave) > self.o["abort_threshold"] and not self.abort.is_set():
+                self.report.aborted = (f"wave {k} of group {g.id} ({g.label}): {failed} of {len(wave)} devices "
+                                       f"failed, above the abort threshold {self.o['abort_threshold']:g}")
+                self.abort.set()
+                self.event("abort", group=g.id, wave=k, error=self.report.aborted)
+        states = {self.report.devices[n].status for n in able}
+        g.status = "deployed" if states == {"deployed"} else "partial"
+
+    def stop(self, g, names, status, error):
+        g.status, g.error = status, g.error or error
+        self.settle(names, "skipped", error)
+
+    def canary_check(self, g):
+        def check(device, smoke):
+            g.agreement = compare_detections(self.expected, smoke.get("images") or {}, self.o["tolerance"])
+            if not g.agreement["passed"]:
+                raise DeployError(f"canary detections disagree with the host's beyond the tolerance "
+                                  f"{self.o['tolerance']:g}: {g.agreement['problems'][0]}", device.name)
+        return check
+
+    async def deploy(self, n, g, wave, build, engine=None, verify=None):
+        out = self.report.devices[n]
+        out.role, out.wave = ("canary" if wave == 0 else "wave"), wave
+        self.event("deploy", device=n, group=g.id, wave=wave)
+        started = time.monotonic()
+        try:
+            async with self.limit:
+                result = await adeploy_to_device(
+                    self.by_name[n], self.package, name=self.name, version=self.version, wave=wave,
+                    keep=self.o["keep"], build=build, engine=engine, etlt_key=self.o["etlt_key"],
+                    smoke_iterations=self.o["smoke_iterations"], verify=verify)
+        except DeployError as e:
+            out.status, out.error = "failed", e.reason
+            out.seconds = round(time.monotonic() - started, 3)
+            self.event("failed", device=n, group=g.id, wave=wave, error=e.reason)
+            await self.confirm_previous(n)
+            return False
+        out.status, out.current, out.passport = "deployed", result["current"], result["passport"]
+        out.fps, out.seconds = result["smoke"]["fps"], result["seconds"]
+        out.bytes_uploaded = (out.bytes_uploaded or 0) + result["bytes_uploaded"]
+        out.agent_cpu_s = round((out.agent_cpu_s or 0) + result["agent_cpu_s"], 3)
+        if out.previous != self.version:
+            self.switched.append(n)
+        self.event("deployed", device=n, group=g.id, wave=wave, fps=out.fps)
+        return True
+
+    async def confirm_previous(self, n):
+        """After a failed deploy: make sure `current` is what it was (revert is a no-op when it never switched)."""
+        out = self.report.devices[n]
+        if out.previous == self.version:
+            return  # it ran this version before the rollout; nothing to undo
+        try:
+            result = await arevert_device(self.by_name[n], self.name, self.version, retries=2)
+            out.current, out.passport = result["current"], result["passport"] or out.passport
+        except DeployError as e:
+            out.error += f"; its current model could not be confirmed ({e.reason}): check `taoflow fleet status`"
+
+    async def revert_switched(self):
+        async def one(n):
+            out = self.report.devices[n]
+            try:
+                async with self.limit:
+                    result = await arevert_device(self.by_name[n], self.name, self.version)
+            except DeployError as e:
+                out.status = "rollback_failed"
+                out.error = f"rollout aborted, and switching back failed ({e.reason}): it runs {self.version}"
+                return
+            out.status, out.current, out.passport = "rolled_back", result["current"], result["passport"]
+            out.error = f"rolled back: {self.report.aborted}"
+            self.event("rolled_back", device=n, current=out.current)
+        await asyncio.gather(*(one(n) for n in self.switched))
+
+
+async def arollout(devices, package, *, name, version=None, probes=None, wave_size=None, abort_threshold=0.25,
+                   concurrency=8, keep=3, etlt_key=None, smoke_iterations=20, confidence_tolerance=0.1,
+                   engine_dir=None, on_event=None):
+    """Roll `package` out to `devices` as model `name`; returns a RolloutReport (never raises for one device).
+
+    probes: {device: probe or DeployError} from probe_all, if the caller probed already (a separate flow task);
+    wave_size: devices per fan-out wave and group (default: `concurrency`); abort_threshold: the fraction of a
+    wave that may fail without stopping the rollout; etlt_key: the .etlt key (sent on stdin only); engine_dir:
+    where fetched engines are kept (default: a temp dir removed afterwards); on_event(dict): progress events
+    (deploy, deployed, failed, refused, unreachable, abort, rolled_back) for a flow's log.
+    """
+    package = package if isinstance(package, Package) else load_package(package)
+    version = version or package.version
+    for kind, value in (("model name", name), ("version", version)):
+        if not NAME_RE.match(value or ""):
+            raise DeployError(f"{kind} {value!r} must be 1-128 characters of A-Z a-z 0-9 . _ - (not starting "
+                              f"with . _ or -)")
+    if not 0 <= abort_threshold < 1:
+        raise DeployError(f"abort_threshold {abort_threshold} must be a fraction in [0, 1)")
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise DeployError("a device is listed twice")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="taoflow-engines-") as tmp:
+        options = {"concurrency": concurrency, "wave_size": max(1, int(wave_size or concurrency)),
+                   "abort_threshold": abort_threshold, "keep": keep, "etlt_key": etlt_key,
+                   "smoke_iterations": smoke_iterations, "tolerance": confidence_tolerance,
+                   "engine_dir": engine_dir or tmp}
+        Path(options["engine_dir"]).mkdir(parents=True, exist_ok=True)
+        run = _Rollout(devices, package, name, version, options, on_event)
+        if probes is None:
+            probes = await aprobe_all(devices, concurrency)
+        await run.run(probes)
+    run.report.seconds = round(time.monotonic() - started, 3)
+    return run.report
+
+
+def rollout(devices, package, **kwargs):
+    """Blocking form of arollout (from a flow task or a script; inside an event loop await arollout)."""
+    return run_sync(arollout(devices, package, **kwargs))

@@ -1,0 +1,111 @@
+"""Preflight decisions from probe data: runtimes, TensorRT ops and opsets per version, INT8 on Maxwell, .etlt needs."""
+
+import pytest
+
+from taoflow.deploy import build_problems, choose_canary, device_problems, load_package
+from taoflow.deploy.preflight import ort_limits, trt_max_opset, trt_supported_ops
+from tests.deploy.probes import cpu_device, nano, package_variant, ready_nano, tiny_onnx, xavier
+
+
+@pytest.fixture
+def variant(selftest_package, tmp_path):
+    count = iter(range(100))
+
+    def make(meta=None, files=None):
+        return load_package(package_variant(selftest_package, tmp_path / f"pkg{next(count)}", meta, files))
+    return make
+
+
+def test_the_selftest_package_fits_cpu_devices_and_ready_nanos(selftest_package):
+    package = load_package(selftest_package)
+    assert device_problems(cpu_device(), package) == []
+    assert device_problems(ready_nano(), package) == [] and build_problems(ready_nano(), package) == []
+
+
+def test_int8_is_refused_on_a_nano_with_the_reason(variant):
+    int8 = variant({"precision": "int8"}, {"cal.bin": b"calibration"})
+    (problem,) = device_problems(ready_nano(), int8)
+    assert problem.startswith("INT8 refused: NVIDIA Jetson Nano Developer Kit has compute capability 5.3")
+    assert "sm_53" in problem and "deploy an fp16 export" in problem
+    assert device_problems(xavier(), int8) == []
+    no_cache = variant({"precision": "int8"})
+    assert device_problems(xavier(), no_cache) == ["an INT8 package needs its calibration cache cal.bin"]
+    assert device_problems(cpu_device(), int8) == []  # onnxruntime runs the float model; precision is TensorRT's
+
+
+def test_tensorrt_operator_support_follows_the_release():
+    assert "Celu" not in trt_supported_ops("7.1.3") and "Celu" in trt_supported_ops("8.0.1")
+    assert "ScatterND" not in trt_supported_ops("8.0.1") and "ScatterND" in trt_supported_ops("8.2.1")
+    assert "Xor" not in trt_supported_ops("8.2.1") and "Xor" in trt_supported_ops("8.4.3")
+    assert "NonMaxSuppression" not in trt_supported_ops("8.6.1")  # experimental in the parser: never exported
+    assert [trt_max_opset(v) for v in ("7.1.3", "8.0.1", "8.2.1", "8.5.2", "10.3.0")] == [11, 13, 13, 17, 17]
+
+
+def test_an_op_or_opset_the_devices_tensorrt_lacks_is_refused(variant):
+    scatter = variant(files={"model.onnx": lambda p: tiny_onnx(p, "ScatterND", inputs=3)})
+    assert device_problems(ready_nano(tensorrt="8.0.1"), scatter) == [
+        "TensorRT 8.0.1's ONNX parser does not support ScatterND"]
+    assert device_problems(ready_nano(tensorrt="8.2.1"), scatter) == []
+    opset15 = variant(files={"model.onnx": lambda p: tiny_onnx(p, opset=15, ir=8)})
+    assert device_problems(ready_nano(), opset15) == [
+        "ONNX opset 15 is newer than TensorRT 8.2.1 parses (13); export with --target_opset 13"]
+
+
+def test_onnxruntime_limits_follow_the_release(variant):
+    assert ort_limits("1.10.0") == (15, 8) and ort_limits("1.8.1") == (14, 7) and ort_limits("1.17.0") is None
+    opset16 = variant(files={"model.onnx": lambda p: tiny_onnx(p, opset=16, ir=8)})
+    assert device_problems(cpu_device("1.10.0"), opset16) == [
+        "ONNX opset 16 is newer than onnxruntime 1.10.0 loads (15); export with --target_opset 13"]
+    ir9 = variant(files={"model.onnx": lambda p: tiny_onnx(p, opset=13, ir=9)})
+    assert device_problems(cpu_device("1.10.0"), ir9) == [
+        "ONNX IR version 9 is newer than onnxruntime 1.10.0 loads (8)"]
+    assert device_problems(cpu_device("1.17.0"), ir9) == []
+
+
+def test_etlt_needs_tensorrt_plugins_a_matching_tao_converter_and_the_key(variant):
+    etlt = variant({"model_file": "model.etlt", "output": {"kind": "tao_nms"}}, {"model.etlt": b"encrypted"})
+    assert device_problems(cpu_device(), etlt) == [
+        "a .etlt model needs TensorRT with pycuda; the device has onnxruntime"]
+    stock = ready_nano(nvinfer_plugin=nano()["nvinfer_plugin"])
+    assert device_problems(stock, etlt) == [
+        "libnvinfer_plugin lacks BatchTilePlugin_TRT: build the TensorRT OSS plugins for TensorRT 8.2.1 and "
+        "replace the library"]
+    assert device_problems(ready_nano(), etlt) == []
+    assert build_problems(ready_nano(), etlt, etlt_key="k") == []
+    assert build_problems(ready_nano(), etlt) == ["a .etlt needs its model key: pass the key the model was "
+                                                  "exported with"]
+    no_converter = ready_nano(tools={"trtexec": "/usr/bin/trtexec", "tao-converter": None})
+    assert build_problems(no_converter, etlt, "k")[0].startswith("tao-converter not found")
+    trt7 = ready_nano(tool_links={"tao-converter": {"nvinfer_major": "7", "missing": ["libnvinfer.so.7"]}})
+    assert build_problems(trt7, etlt, "k") == [
+        "tao-converter was built for TensorRT 7, the device has TensorRT 8.2.1: install the tao-converter build "
+        "for TensorRT 8.2.1"]
+
+
+def test_missing_runtime_modules_memory_and_disk(selftest_package):
+    package = load_package(selftest_package)
+    as_shipped = nano()  # JetPack 4.6 without pycuda: TensorRT is there but the agent cannot drive it
+    assert device_problems(as_shipped, package) == [
+        "neither TensorRT with pycuda nor onnxruntime in the device Python: install pycuda (JetPack has TensorRT) "
+        "or onnxruntime"]
+    no_numpy = cpu_device()
+    no_numpy["modules"]["numpy"] = None
+    assert device_problems(no_numpy, package) == ["no numpy in the device Python: install python3-numpy"]
+    full = cpu_device(disk={"path": "/", "free_mb": 10, "total_mb": 100})
+    assert device_problems(full, package)[0].startswith("device disk full: 10 MiB free")
+    starved = ready_nano(memory={"available_mb": 300, "swap_free_mb": 100})
+    assert build_problems(starved, package) == [
+        "only 400 MiB of RAM + swap free; an engine build needs 600 MiB"]
+    assert build_problems(ready_nano(tools={"trtexec": None}), package) == [
+        "trtexec not found: build it in /usr/src/tensorrt/samples/trtexec with make"]
+
+
+def test_canary_is_tagged_then_roomiest_among_those_that_can_build(selftest_package):
+    package = load_package(selftest_package)
+    probes = {"a": ready_nano(memory={"available_mb": 1000, "swap_free_mb": 0}),
+              "b": ready_nano(memory={"available_mb": 3000, "swap_free_mb": 0}),
+              "c": ready_nano(memory={"available_mb": 3500, "swap_free_mb": 0}, tools={"trtexec": None})}
+    assert choose_canary(["a", "b", "c"], probes, package)[0] == "b"
+    assert choose_canary(["a", "b", "c"], probes, package, tags={"a": ("canary",)})[0] == "a"
+    canary, problems = choose_canary(["c"], probes, package)
+    assert canary is None and problems["c"][0].startswith("trtexec not found")
