@@ -9,8 +9,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from taoflow.deploy import load_inventory
-from taoflow.deploy.package_builder import build_package
+from taoflow.deploy.package_builder import build_package, list_images
 from taoflow.deploy.rollout import rollout
+from taoflow.store import digest
 
 
 @task(name="package")
@@ -40,7 +41,9 @@ def deploy_ssd(export_dir: str, inventory: str, sample_images: str, model_name: 
                passport: Optional[dict] = None, devices: Optional[list[str]] = None, tags: Optional[list[str]] = None,
                wave_size: int = 8, abort_threshold: float = 0.25, workspace: str = "workspace") -> dict:
     export_dir = Path(export_dir).resolve()
-    dest = Path(workspace).resolve() / "packages" / export_dir.name
+    # the export dir's name is its content key; samples and passport are part of the package too
+    samples = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(sample_images)]
+    dest = Path(workspace).resolve() / "packages" / f"{export_dir.name}-{digest([samples, passport])[:12]}"
     package = make_package(str(export_dir), sample_images, passport, dest)
     report, table, summary = run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold)
     create_table_artifact(table, key="fleet", description=summary)

@@ -124,6 +124,19 @@ def _report(stages, backend, run_dir, map_floor, parity_tolerance):
     return {"rows": rows, "gates": checks, "images": images, "inference": rel(infer_dir)}
 
 
+@task(name="gate-vs-fleet")
+def against_fleet(inventory, tags, model_name, map_value, max_drop):
+    """The no-regression gate: the new mAP vs the best mAP the fleet's current passports record."""
+    from taoflow.deploy import fleet_status, load_inventory
+    fleet = load_inventory(inventory)
+    devices = fleet.select(None, tags)
+    best, seen, unreachable = quality.deployed_map(fleet_status(devices, model_name, fleet.concurrency), model_name)
+    if unreachable:
+        get_run_logger().warning("no-regression gate: could not read %s", ", ".join(unreachable))
+    where = f" (best of {len(seen)} devices)" if seen else f" on {len(devices)} devices"
+    return quality.no_regression(map_value, best, max_drop, where)
+
+
 @flow(name="train-ssd", log_prints=True)
 def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               dataset_path: str = "workspace/raw/crpd_demo",
@@ -133,6 +146,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               prune_criterion: Literal["union", "intersection", "arithmetic_mean", "geometric_mean"] = "intersection",
               export_precision: Literal["fp32", "fp16", "int8"] = "fp16",
               map_floor: float = 0.85,
+              max_map_drop: float = 0.02,
               parity_tolerance: float = 1e-3,
               val_split: int = 10,
               tfrecords_spec: Optional[str] = None,
@@ -172,6 +186,9 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                                if k == "mAP" or k.startswith("AP_")}
         rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
         rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
+        if deploy_inventory:  # read now, not cached with the report: the fleet changes between runs
+            rep["gates"].append(against_fleet(deploy_inventory, deploy_tags, model_name,
+                                              passport["metrics"]["mAP"], max_map_drop))
         run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "passport.json").write_text(json.dumps(passport, indent=2))

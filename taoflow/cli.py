@@ -21,6 +21,8 @@ COMMANDS = {
     ("tfrecords",): ("taoflow.datasets.tfrecords", "TFRecords exactly as `tao ssd dataset_convert` writes them"),
     ("spec", "check"): ("taoflow.spec.cli", "parse and validate TAO spec files", "check"),
     ("spec", "render"): ("taoflow.spec.cli", "print a spec with its paths made absolute", "render"),
+    ("fleet", "deploy"): ("taoflow.deploy.cli", "package an export and roll it out: canary, waves, rollback",
+                          "deploy"),
     ("fleet", "status"): ("taoflow.deploy.cli", "models, versions and passports on each device", "status"),
     ("fleet", "rollback"): ("taoflow.deploy.cli", "switch a device back to its previous (or a given) version",
                             "rollback"),

@@ -7,12 +7,35 @@ def map_floor(map_value, floor):
     return {"name": "mAP floor", "passed": bool(map_value >= floor), "detail": f"mAP {map_value:.4f} vs floor {floor}"}
 
 
-def no_regression(map_value, deployed_map, max_drop):
+def no_regression(map_value, deployed_map, max_drop, where=""):
     if deployed_map is None:
-        return {"name": "no regression", "passed": True, "detail": "no model deployed yet"}
+        return {"name": "no regression", "passed": True, "detail": f"no deployed model with a recorded mAP{where}"}
     passed = map_value >= deployed_map - max_drop
     return {"name": "no regression", "passed": bool(passed),
-            "detail": f"mAP {map_value:.4f} vs deployed {deployed_map:.4f} (max drop {max_drop})"}
+            "detail": f"mAP {map_value:.4f} vs deployed {deployed_map:.4f}{where} (max drop {max_drop})"}
+
+
+def deployed_map(status, name):
+    """The best mAP among the models currently running as `name` on the fleet, read from their passports.
+
+    `status`: taoflow.deploy.fleet_status's result ({device: {model: state} or an error}). The best, not the worst:
+    a new model must not be worse than what any device already runs. Returns (mAP or None, devices it was read
+    from, devices that could not be read).
+    """
+    best, seen, unreachable = None, [], []
+    for device, models in sorted(status.items()):
+        if isinstance(models, Exception):
+            unreachable.append(device)
+            continue
+        state = models.get(name) or {}
+        current = next((v for v in state.get("versions", []) if v["version"] == state.get("current")), None)
+        passport = (current or {}).get("passport") or {}
+        lineage = passport.get("lineage") if isinstance(passport.get("lineage"), dict) else passport  # device wraps it
+        value = (lineage.get("metrics") or {}).get("mAP")
+        if isinstance(value, (int, float)):
+            seen.append(device)
+            best = value if best is None else max(best, value)
+    return best, seen, unreachable
 
 
 def export_parity(spec_path, checkpoint, onnx_path, image_paths, rtol=1e-3, score_floor=0.05):

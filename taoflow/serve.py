@@ -71,6 +71,7 @@ def serve(workspace="workspace", names=None, port=None):
     sys.path.insert(0, str(REPO))
     from prefect import serve as prefect_serve
 
+    from flows.deploy_ssd import deploy_ssd
     from flows.train_ssd import train_ssd
     chosen = names or list(DEPLOYMENTS)
     unknown = set(chosen) - set(DEPLOYMENTS)
@@ -83,8 +84,11 @@ def serve(workspace="workspace", names=None, port=None):
         # default datasets live in the workspace: workspace/raw/<name>
         params["dataset_path"] = str(Path(ws) / Path(params["dataset_path"]).relative_to("workspace"))
         deployments.append(train_ssd.to_deployment(name=name, parameters=params, tags=["taoflow"]))
+    # redeploying an existing export (or rolling a fleet forward after a failed rollout) needs no retraining;
+    # export_dir, inventory and sample_images are given per run
+    deployments.append(deploy_ssd.to_deployment(name="fleet", parameters={"workspace": ws}, tags=["taoflow"]))
     try:
-        print("serving " + ", ".join(f"train-ssd/{n}" for n in chosen) + "; run one with "
+        print("serving " + ", ".join(f"train-ssd/{n}" for n in chosen) + ", deploy-ssd/fleet; run one with "
               "`prefect deployment run 'train-ssd/demo' --watch`", flush=True)
         prefect_serve(*deployments)
     finally:

@@ -1,4 +1,4 @@
-"""`taoflow fleet status|rollback` and `taoflow device doctor`: thin wrappers over taoflow.deploy's functions.
+"""`taoflow fleet deploy|status|rollback` and `taoflow device doctor`: thin wrappers over taoflow.deploy's functions.
 
 Exit codes: 0 all well; 1 a device was unreachable or lacks something (the output says which); 2 bad input (the
 inventory, an unknown device or version: one `error:` line from taoflow.cli). The deploy package is imported only
@@ -76,6 +76,68 @@ def run_status(args):
     if failed:
         print(f"{failed} of {len(status)} devices unreachable", file=sys.stderr)
     return 1 if failed else 0
+
+
+# --- fleet deploy ----------------------------------------------------------------------------------------------
+
+def add_deploy_arguments(parser):
+    _inventory_argument(parser)
+    parser.add_argument("--export", required=True, metavar="DIR",
+                        help="export directory (model.onnx or model.etlt + model.json): workspace/store/export/<key>")
+    parser.add_argument("--samples", required=True, metavar="DIR",
+                        help="images to smoke-test on (e.g. the validation images); the host's detections on them "
+                             "become the expected results")
+    parser.add_argument("--package", metavar="DIR", help="where to write the model package (default: a temp dir)")
+    parser.add_argument("--passport", metavar="JSON", help="the pipeline's passport.json to ship with the model")
+    parser.add_argument("--name", default="ssd", help="model name on the devices (default: ssd)")
+    parser.add_argument("--device", action="append", help="only this device (repeatable)")
+    parser.add_argument("--tag", action="append", help="only devices with this tag (repeatable: all must match)")
+    parser.add_argument("--wave-size", type=int, default=None, help="devices per wave (default: the concurrency)")
+    parser.add_argument("--abort-threshold", type=float, default=0.25,
+                        help="fraction of a wave that may fail before the rollout stops and rolls back (0.25)")
+    parser.add_argument("--json", action="store_true", help="print the rollout report as JSON")
+    parser.epilog = ("A .etlt model is built on each group's canary with tao-converter; its key is read from "
+                     "$TAO_MODEL_KEY and sent to the device on stdin, never on a command line.")
+
+
+def _progress(event):
+    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "passport") and v is not None)
+    print(f"[{time.strftime('%H:%M:%S')}] {event['event']:<12} {fields}", file=sys.stderr, flush=True)
+
+
+def run_deploy(args):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from . import DeployError, load_inventory
+    from .package_builder import build_package
+    from .rollout import rollout
+
+    fleet = load_inventory(args.inventory)
+    devices = fleet.select(args.device, args.tag)
+    if not devices:
+        raise DeployError(f"no device in {args.inventory} matches --device {args.device} --tag {args.tag}")
+    passport = None
+    if args.passport:
+        try:
+            passport = json.loads(Path(args.passport).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DeployError(f"cannot read the passport {args.passport}: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="taoflow-package-") as tmp:
+        dest = Path(args.package) if args.package else Path(tmp) / "package"
+        print(f"packaging {args.export} with samples from {args.samples} -> {dest}", file=sys.stderr, flush=True)
+        package = build_package(args.export, dest, args.samples, passport=passport)
+        report = rollout(devices, package, name=args.name, wave_size=args.wave_size,
+                         abort_threshold=args.abort_threshold, concurrency=fleet.concurrency, keep=fleet.keep,
+                         etlt_key=os.environ.get("TAO_MODEL_KEY") or None, on_event=_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
+    else:
+        print(_table(report.table(), ("device", "group", "role", "wave", "previous", "current", "fps", "status",
+                                      "error")))
+        print(report.summary())
+    return 0 if report.ok else 1
 
 
 # --- fleet rollback --------------------------------------------------------------------------------------------

@@ -139,3 +139,12 @@ def test_gates_pass_then_the_model_deploys_to_a_simulated_nano(runs, raw_crpd):
         assert device["status"] == "deployed" and device["current"] == device["version"]
         status = fleet_status(load_inventory(inventory).devices, "lpd-test")
         assert json.dumps(status, default=str).count(first["passport"]["id"]) >= 1  # the device knows its passport
+        # the no-regression gate reads the deployed model's mAP from the device's passport
+        from flows.train_ssd import against_fleet
+        deployed_map = first["passport"]["metrics"]["mAP"]
+        same = against_fleet.fn(str(inventory), None, "lpd-test", deployed_map, 0.02)
+        worse = against_fleet.fn(str(inventory), None, "lpd-test", deployed_map - 0.05, 0.02)
+        other = against_fleet.fn(str(inventory), None, "another-model", 0.1, 0.02)
+    assert same["passed"] and f"{deployed_map:.4f}" in same["detail"]
+    assert not worse["passed"] and "max drop 0.02" in worse["detail"]
+    assert other["passed"] and "no deployed model" in other["detail"]
