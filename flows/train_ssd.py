@@ -16,12 +16,15 @@ from taoflow import report as R
 from taoflow.store import Store
 
 
-def _executor(backend):
+def _executor(backend, cfg=None):
+    """The step executor: taoflow's PyTorch SSD, or the real TAO Toolkit through the `tao` launcher."""
     if backend == "native":
         from taoflow.backends.native.executor import NativeExecutor
         return NativeExecutor()
-    raise ValueError("the TAO backend is selected with backend='tao' once its executor adapter lands; "
-                     "use backend='native'")
+    if backend == "tao":
+        from taoflow.backends.tao.flow_executor import TaoFlowExecutor, config_from
+        return TaoFlowExecutor(config_from((cfg or {}).get("tao_key_block")))
+    raise ValueError(f"unknown backend {backend!r}: choose native or tao")
 
 
 def _cfg(d):
@@ -60,28 +63,28 @@ def tfrecords(cfg, split_result):
 @task(name="train")
 def train(cfg, records, split_result, backend):
     return _done(P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
-                         _executor(backend)))
+                         _executor(backend, cfg)))
 
 
 @task(name="evaluate")
 def evaluate(cfg, trained, backend, name):
-    return _done(P.stage_evaluate(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend), name))
+    return _done(P.stage_evaluate(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend, cfg), name))
 
 
 @task(name="prune")
 def prune(cfg, trained, backend):
-    return _done(P.stage_prune(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend)))
+    return _done(P.stage_prune(Store(cfg["workspace"]), _cfg(cfg), _res(trained), _executor(backend, cfg)))
 
 
 @task(name="retrain")
 def retrain(cfg, records, split_result, pruned, backend):
     return _done(P.stage_train(Store(cfg["workspace"]), _cfg(cfg), _res(records), _res(split_result),
-                               _executor(backend), name="retrain", pruned=_res(pruned)))
+                               _executor(backend, cfg), name="retrain", pruned=_res(pruned)))
 
 
 @task(name="export")
 def export(cfg, retrained, backend):
-    return _done(P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend)))
+    return _done(P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend, cfg)))
 
 
 @task(name="report")
@@ -91,33 +94,33 @@ def build_report(cfg, stages, backend, map_floor, parity_tolerance):
                 "parity_tolerance": parity_tolerance}
 
     def produce(run_dir, _key):
-        return _report(stages, backend, Path(run_dir), map_floor, parity_tolerance)
+        return _report(cfg, stages, backend, Path(run_dir), map_floor, parity_tolerance)
     result = P.run_stage(Store(cfg["workspace"]), "report", material, produce)
     d = dict(result.meta, path=result.path, cached=result.cached, key=result.key)
     return Completed(data=d, name="Cached", message=f"reused report {result.key}") if result.cached else d
 
 
-def _report(stages, backend, run_dir, map_floor, parity_tolerance):
+def _report(cfg, stages, backend, run_dir, map_floor, parity_tolerance):
     trained, pruned, retrained, exported = (_res(stages[k]) for k in ("train", "prune", "retrain", "export"))
     spec = Path(retrained.path) / "experiment_spec.txt"
     val_images = sorted((Path(stages["split"]["path"]) / "out" / "val" / "image").iterdir())
     infer_dir = run_dir / "inference"
-    _executor(backend).infer(spec, P.checkpoint_of(retrained), val_images[0].parent, infer_dir)
+    _executor(backend, cfg).infer(spec, P.checkpoint_of(retrained), val_images[0].parent, infer_dir)
     rows = []
     for name, stage, ckpt in (("unpruned", "evaluate", P.checkpoint_of(trained)),
-                              ("pruned", None, Path(pruned.path) / "pruned.pth"),
+                              ("pruned", None, P.pruned_model_of(pruned)),
                               ("retrained", "evaluate_retrained", P.checkpoint_of(retrained))):
         metrics = stages[stage]["meta"]["metrics"] if stage else {"mAP": float("nan")}
         rows.append(dict(model=name, **R.model_stats(ckpt), **{k: v for k, v in metrics.items()
                                                                if k == "mAP" or k.startswith("AP_")}))
     final_map = rows[-1]["mAP"]
     checks = [quality.map_floor(final_map, map_floor),
-              quality.export_parity(spec, P.checkpoint_of(retrained), Path(exported.path) / "model.onnx",
+              quality.export_parity(spec, P.checkpoint_of(retrained), P.exported_model_of(exported),
                                     val_images[:8], rtol=parity_tolerance)]
     curves = R.training_curves({"train": trained.meta["history"], "retrain": retrained.meta["history"]},
                                run_dir / "training_curves.png")
-    pr = json.loads((Path(stages["evaluate_retrained"]["path"]) / "pr_curves.json").read_text())
-    pr_png = R.pr_curves(pr, run_dir / "pr_curves.png")
+    pr_file = Path(stages["evaluate_retrained"]["path"]) / "pr_curves.json"  # TAO's evaluate writes none
+    pr_png = R.pr_curves(json.loads(pr_file.read_text()), run_dir / "pr_curves.png") if pr_file.is_file() else None
     grid = R.detection_grid(sorted((infer_dir / "images_annotated").iterdir())[:8], run_dir / "detections.png")
     rel = lambda p: str(Path(p).relative_to(run_dir)) if p else None  # noqa: E731 (paths move on commit)
     images = {"curves": rel(curves), "pr": rel(pr_png), "detections": rel(grid)}
@@ -156,13 +159,15 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               deploy_inventory: Optional[str] = None,
               deploy_tags: Optional[list[str]] = None,
               model_name: str = "ssd",
+              tao_key_block: Optional[str] = None,
               clearml: bool = True) -> dict:
     logger = get_run_logger()
     ws = Path(workspace).resolve()
     cfg = P.RunConfig(workspace=str(ws), dataset_kind=dataset_kind, dataset_path=str(Path(dataset_path).resolve()),
                       spec_set=spec_set, val_split=val_split, prune_threshold=prune_threshold,
                       prune_criterion=prune_criterion, export_precision=export_precision,
-                      tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec).__dict__
+                      tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec,
+                      tao_key_block=tao_key_block).__dict__
     tracker = None
     if clearml:
         from taoflow.tracking import Tracker
@@ -193,7 +198,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "passport.json").write_text(json.dumps(passport, indent=2))
         markdown = R.summary_markdown(passport, rep["rows"], rep["gates"], {
-            "exported model": str(Path(stages["export"]["path"]) / "model.onnx"), **rep["images"],
+            "exported model": str(P.exported_model_of(_res(stages["export"]))), **rep["images"],
             "inference": str(Path(rep["path"]) / rep["inference"])})
         (run_dir / "report.md").write_text(markdown)
         create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
@@ -208,7 +213,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             for png in rep["images"].values():
                 if png:
                     tracker.image("report", png)
-            tracker.model(Path(stages["export"]["path"]) / "model.onnx", f"ssd-{spec_set}", passport)
+            tracker.model(P.exported_model_of(_res(stages["export"])), f"ssd-{spec_set}", passport)
         gates_ok = all(g["passed"] for g in rep["gates"])
         deployed = None
         if not gates_ok:
@@ -222,7 +227,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},
-            "model": str(Path(stages["export"]["path"]) / "model.onnx"), "report": str(run_dir / "report.md"),
+            "model": str(P.exported_model_of(_res(stages["export"]))), "report": str(run_dir / "report.md"),
             "run_dir": str(run_dir), "deployed": deployed,
         }
     except BaseException:

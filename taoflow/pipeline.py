@@ -7,6 +7,7 @@ code that runs it. Keys chain from the raw dataset to the exported model, and th
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .backends.results import WEIGHT_SUFFIXES
 from .errors import TaoflowError
 from .spec import load_dataset_export, load_experiment, render, rewrite_paths
 from .store import Store, code_version, digest, tree_manifest
@@ -60,6 +62,7 @@ class RunConfig:
     tfrecords_spec: str = None  # explicit spec files override the spec set's
     train_spec: str = None
     retrain_spec: str = None
+    tao_key_block: str = None  # backend "tao": Prefect Secret block holding the model key (else $TAO_MODEL_KEY)
 
     def spec_paths(self):
         if self.spec_set not in SPEC_SETS:
@@ -217,7 +220,9 @@ def render_experiment(spec_path, tfrecords, split, out_path):
 
 
 def _last_checkpoint(weights_dir):
-    ckpts = sorted(Path(weights_dir).glob("*_epoch_*.pth"), key=lambda p: int(re.findall(r"_epoch_(\d+)", p.name)[-1]))
+    """The highest-epoch checkpoint: .pth (native), .hdf5 (TAO 5) or .tlt (TAO 3/4)."""
+    ckpts = sorted((p for p in Path(weights_dir).glob("*_epoch_*.*") if p.suffix in WEIGHT_SUFFIXES),
+                   key=lambda p: int(re.findall(r"_epoch_(\d+)", p.name)[-1]))
     return ckpts[-1] if ckpts else None
 
 
@@ -241,7 +246,7 @@ def stage_train(store, cfg, tfrecords, split, executor, name="train", pruned=Non
             resume_from, initial_epoch = last, done + 1
             log.info("resuming %s from %s (epoch %d of %d)", name, last.name, initial_epoch, num_epochs)
         if initial_epoch <= num_epochs:
-            start_model = resume_from or (Path(pruned.path) / "pruned.pth" if pruned is not None else None)
+            start_model = resume_from or (pruned_model_of(pruned) if pruned is not None else None)
             executor.train(run_spec, work / "results", start_model, initial_epoch if resume_from else 1)
         final = _last_checkpoint(work / "results" / "weights")
         shutil.copytree(work / "results", tmp / "results")
@@ -253,13 +258,25 @@ def stage_train(store, cfg, tfrecords, split, executor, name="train", pruned=Non
 
 
 def _read_csv(path):
+    """Training CSV rows as floats; TAO leaves the AP/mAP cells of epochs without validation empty (NaN here)."""
     import csv
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def checkpoint_of(stage):
     return Path(stage.path) / stage.meta["checkpoint"]
+
+
+def pruned_model_of(stage):
+    """The pruned model file: pruned.pth (native), or the name TAO gave it (.hdf5, .tlt)."""
+    return Path(stage.path) / stage.meta["prune"].get("model", "pruned.pth")
+
+
+def exported_model_of(stage):
+    """The exported model file: model.onnx (native, TAO 5) or model.etlt (TAO 3/4)."""
+    return Path(stage.path) / stage.meta["files"].get("onnx", stage.meta["files"].get("etlt", "model.onnx"))
 
 
 def stage_evaluate(store, cfg, trained, executor, name="evaluate"):

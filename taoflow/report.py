@@ -6,6 +6,7 @@ neither.
 
 import math
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -66,12 +67,19 @@ def detection_grid(image_paths, out_png, cols=4, cell=(320, 240)):
 
 
 def model_stats(checkpoint, runs=10):
-    """Parameters, GFLOPs (multiply-accumulates) and CPU latency at batch 1 of a native checkpoint."""
+    """Parameters, GFLOPs (multiply-accumulates) and CPU latency at batch 1 of a native checkpoint; None for each
+    when the file is a TAO model (.tlt/.hdf5), which only TAO's containers can load."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from .backends.native.checkpoint import build_from_checkpoint, load_checkpoint
-    state = load_checkpoint(checkpoint)
+    from .errors import TaoflowError
+    try:
+        state = load_checkpoint(checkpoint)
+    except TaoflowError:
+        if Path(checkpoint).suffix == ".pth":
+            raise
+        return {"params": None, "gflops": None, "cpu_latency_ms": None}
     model = build_from_checkpoint(state).eval()
     c, h, w = state["arch"]["input"]
     x = torch.zeros(1, c, h, w)
@@ -94,10 +102,12 @@ def summary_markdown(passport, rows, gates, paths):
     classes = sorted({k[3:] for r in rows for k in r if k.startswith("AP_")})
     lines += ["", "## Models", "", "| model | params | GFLOPs | mAP | " + " | ".join(f"AP {c}" for c in classes)
               + " | CPU ms |", "|---" * (5 + len(classes)) + "|"]
+    def num(value, fmt):  # None: not measurable here (a TAO .tlt/.hdf5 model cannot be loaded without TAO)
+        return "n/a" if value is None else format(value, fmt)
     for r in rows:
-        aps = " | ".join(f"{r.get('AP_' + c, float('nan')):.4f}" for c in classes)
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['gflops']:.3f} | {r['mAP']:.4f} | {aps} | "
-                     f"{r['cpu_latency_ms']:.1f} |")
+        aps = " | ".join(num(r.get('AP_' + c, float('nan')), ".4f") for c in classes)
+        lines.append(f"| {r['model']} | {num(r['params'], ',')} | {num(r['gflops'], '.3f')} | {num(r['mAP'], '.4f')} "
+                     f"| {aps} | {num(r['cpu_latency_ms'], '.1f')} |")
     lines += ["", "## Passport (stage keys, raw data to exported model)", "", "| stage | key |", "|---|---|"]
     lines += [f"| {stage} | `{key}` |" for stage, key in passport["stages"].items()]
     lines += ["", "## Files", ""] + [f"- {name}: `{path}`" for name, path in paths.items() if path]

@@ -1,0 +1,102 @@
+"""The TAO backend behind the interface the pipeline calls (taoflow.pipeline's stages and flows/train_ssd.py), the
+same methods and return shapes as taoflow.backends.native.executor.NativeExecutor, so a flow switches executors with
+one parameter (`backend="tao"`) and cannot tell which one ran.
+
+Each call runs one step through the `tao` launcher (TaoExecutor) with its launcher files (masked command line,
+mounts file, container-side spec, masked log) kept in a `tao/` directory beside the step's outputs, so they land in
+the content-addressed store with the results they explain. The data stage is not sent to TAO: taoflow writes its
+TFRecords exactly as `tao ssd dataset_convert` does (taoflow.datasets.tfrecords), and both executors read them.
+
+What TAO writes differs from the native backend in file names only: checkpoints are `.tlt` (TAO 3/4, encrypted with
+the model key) or `.hdf5` (TAO 5), a pruned model gets TAO's suffix, and TAO 3/4 export an encrypted `.etlt`.
+Callers find the files through the returned paths, never by assuming `.pth`/`.onnx`.
+"""
+
+from pathlib import Path
+
+from ...errors import TaoflowError
+from .executor import TaoConfig, TaoExecutor
+from .launcher import TAO5
+from .steps import EvaluateRequest, ExportRequest, InferenceRequest, PruneRequest, TrainRequest
+
+
+def config_from(key_block=None, **overrides):
+    """A TaoConfig for a flow run: the model key from the Prefect Secret block named `key_block` when given
+    (loaded lazily, when a step needs it), else $TAO_MODEL_KEY; launcher, generation and docker from the
+    environment ($TAOFLOW_TAO_LAUNCHER, $TAOFLOW_TAO_GENERATION, $TAO_DOCKER_DISABLE)."""
+    key = None
+    if key_block:
+        def key():
+            from prefect.blocks.system import Secret
+            try:
+                return Secret.load(key_block).get()
+            except ValueError as e:  # Prefect: "Unable to find block document named ..."
+                raise TaoflowError(f"no Prefect Secret block named {key_block!r} holds the TAO model key: create "
+                                   f"one with `prefect block create secret` or set $TAO_MODEL_KEY ({e})") from None
+    return TaoConfig(key=key, **overrides)
+
+
+class TaoFlowExecutor:
+    name = "tao"
+
+    def __init__(self, config=None):
+        self.config = config or TaoConfig()
+        self._generation = None
+
+    def _executor(self, where):
+        return TaoExecutor(Path(where), self.config)
+
+    def generation(self, where):
+        if self._generation is None:
+            self._generation = self._executor(where).launcher_info().generation
+        return self._generation
+
+    def train(self, spec_path, results_dir, resume_model=None, initial_epoch=1):
+        """Train, or continue from `resume_model`: a checkpoint with `initial_epoch` > 1 resumes with its optimizer
+        state (TAO's --initial_epoch); a pruned model with initial_epoch 1 starts a retrain from it."""
+        results_dir = Path(results_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        request = TrainRequest(spec=Path(spec_path), results_dir=results_dir,
+                               resume_model=Path(resume_model) if resume_model else None,
+                               initial_epoch=initial_epoch if resume_model and initial_epoch > 1 else None)
+        return self._executor(results_dir).run(request)
+
+    def evaluate(self, spec_path, model_path, out_dir):
+        """{"AP_<class>": ..., "mAP": ...} parsed from TAO's printed table (no PR curves: TAO does not write them)."""
+        result = self._executor(out_dir).run(EvaluateRequest(model=Path(model_path), spec=Path(spec_path),
+                                                             results_dir=Path(out_dir)))
+        if result.map is None:
+            raise TaoflowError(f"TAO's evaluate printed no mAP (log: {result.log})")
+        return {**{f"AP_{name}": ap for name, ap in result.ap.items()}, "mAP": result.map}
+
+    def prune(self, model_path, output, threshold, criterion):
+        """Prune into `output`'s directory; TAO names the file (`.hdf5` on TAO 5, `.tlt` on TAO 3/4)."""
+        output = Path(output)
+        suffix = ".hdf5" if self.generation(output.parent) == TAO5 else ".tlt"
+        result = self._executor(output.parent).run(PruneRequest(
+            model=Path(model_path), output=output.with_suffix(suffix), results_dir=output.parent,
+            equalization_criterion=criterion, pruning_threshold=threshold))
+        if result.output is None:
+            raise TaoflowError(f"TAO's prune wrote no model (log: {result.log})")
+        return {"model": Path(result.output).name, "ratio": result.ratio, "param_count": result.param_count}
+
+    def export(self, spec_path, model_path, output, precision):
+        """Export next to `output` (TAO 5: .onnx, TAO 3/4: .etlt); returns {kind: path} of what TAO wrote."""
+        output = Path(output)
+        if self.generation(output.parent) != TAO5:
+            output = output.with_suffix(".etlt")
+        result = self._executor(output.parent).run(ExportRequest(
+            model=Path(model_path), output=output, spec=Path(spec_path), results_dir=output.parent,
+            gen_ds_config=True, data_type=precision))
+        written = {"onnx" if Path(result.model_file).suffix == ".onnx" else "etlt": str(result.model_file)}
+        for kind in ("model_json", "labels", "nvinfer_config", "cal_cache", "cal_data_file"):
+            if getattr(result, kind) is not None:
+                written[kind] = str(getattr(result, kind))
+        return written
+
+    def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):
+        results_dir = Path(results_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        return self._executor(results_dir).run(InferenceRequest(
+            model=Path(model_path), spec=Path(spec_path), image_dir=Path(image_dir), results_dir=results_dir,
+            threshold=threshold))
