@@ -1,6 +1,7 @@
 """Integration (slow): a real `prefect server start` on loopback, `taoflow serve` as the runner, and
 `prefect deployment run 'train-ssd/demo' --watch` exactly as a user types it, with a tiny configuration."""
 
+import contextlib
 import json
 import os
 import signal
@@ -45,8 +46,23 @@ def test_deployment_run_watch_completes_with_artifacts(tmp_path, raw_crpd):
         artifacts = prefect(env, "artifact", "ls").stdout
         assert "train-ssd-report" in artifacts and "model-comparison" in artifacts
         assert list((tmp_path / "ws" / "store" / "export").glob("*/model.onnx"))
+
+        # new data landing in the folder starts the deployment (taoflow watch), and only for new data
+        watch = [sys.executable, "-m", "taoflow.cli", "watch", str(raw_crpd), "--deployment", "train-ssd/demo",
+                 "--once", "--state", str(tmp_path / "watch.json"), *(f"--param={k}={json.dumps(v)}"
+                                                                        for k, v in params.items())]
+        first = subprocess.run(watch, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0 and "started train-ssd/demo flow run" in first.stdout, first.stdout + first.stderr
+        run_id = first.stdout.split()[-1]
+        deadline = time.time() + 300
+        while "COMPLETED" not in (state := prefect(env, "flow-run", "inspect", run_id).stdout.upper()):
+            assert "FAILED" not in state and "CRASHED" not in state, state
+            assert time.time() < deadline, state
+            time.sleep(2)
+        again = subprocess.run(watch, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "no new data" in again.stdout, again.stdout + again.stderr
     finally:
-        os.killpg(runner.pid, signal.SIGTERM)
-        runner.wait(timeout=30)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        for proc in (runner, server):
+            with contextlib.suppress(ProcessLookupError):  # a runner that failed to start has exited already
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
