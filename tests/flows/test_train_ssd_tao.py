@@ -32,7 +32,7 @@ def _all_bytes(root):
 
 
 def test_train_ssd_runs_on_the_tao_backend_through_the_real_launcher(tmp_path, prefect_home, raw_crpd,
-                                                                     tao_launchers, monkeypatch):  # noqa: F811
+                                                                     tao_launchers, monkeypatch, capfd):  # noqa: F811
     from prefect.blocks.system import Secret
 
     from flows.train_ssd import train_ssd
@@ -77,7 +77,9 @@ exec {shlex.quote(sys.executable)} -m taoflow.backends.native "$@"
     assert len(calls.read_text().split()) == 7
 
     # the key reached TAO (the launcher's argv) but nothing taoflow wrote, returned or tracked
-    blobs = [json.dumps(summary).encode(), json.dumps(again).encode()]
+    captured = capfd.readouterr()
+    assert "train-ssd" in captured.out + captured.err  # the flow's own log lines were captured
+    blobs = [json.dumps(summary).encode(), json.dumps(again).encode(), (captured.out + captured.err).encode()]
     leaked = [str(p) for root in (ws, prefect_home) for p, data in _all_bytes(root) if KEY.encode() in data] + \
              [str(i) for i, b in enumerate(blobs) if KEY.encode() in b]
     assert leaked == []
