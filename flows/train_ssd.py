@@ -191,7 +191,9 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                                if k == "mAP" or k.startswith("AP_")}
         rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
         rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
-        if deploy_inventory:  # read now, not cached with the report: the fleet changes between runs
+        if deploy_inventory and all(g["passed"] for g in rep["gates"]):
+            # read now, not cached with the report (the fleet changes between runs), and only for a model that
+            # passed the other gates: a rejected model needs no SSH round to the fleet
             rep["gates"].append(against_fleet(deploy_inventory, deploy_tags, model_name,
                                               passport["metrics"]["mAP"], max_map_drop))
         run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
