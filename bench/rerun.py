@@ -29,12 +29,19 @@ from tests.flows.conftest import write_specs  # noqa: E402
 HEAVY = {"convert", "split", "tfrecords", "train", "evaluate", "prune", "retrain", "export", "report"}
 
 
-async def task_states(flow_run_id):
+async def task_states(flow_run_id, expected, timeout=60):
+    """(task name, state name) of the run's tasks, once `expected` of them exist and every one is final: Prefect 3
+    records task runs and their states through its event pipeline, so the server may lag the flow's return."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    deadline = time.monotonic() + timeout
     async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+        while True:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            done = len(runs) >= expected and all(r.state is not None and r.state.is_final() for r in runs)
+            if done or time.monotonic() > deadline:
+                return [(r.name.rsplit("-", 1)[0], r.state.name if r.state else "None") for r in runs]
+            await asyncio.sleep(0.5)
 
 
 def run(flow, **kwargs):
@@ -67,8 +74,11 @@ def main():
                       retrain_spec=str(retrain_spec), map_floor=0.0, clearml=False)
         _, _, first_s = run(train_ssd, **kwargs)
         print(f"first run: {first_s:.1f} s", flush=True)
-        _, run_id, identical_s = run(train_ssd, **kwargs)
-        states = asyncio.run(task_states(run_id))
+        summary, run_id, identical_s = run(train_ssd, **kwargs)
+        expected = len(summary["stages"]) + 1  # every stage's task, and the report's
+        states = asyncio.run(task_states(run_id, expected))
+        if len(states) < expected:
+            sys.exit(f"the server recorded {len(states)} of the {expected} task runs: {states}")
         heavy_done = [name for name, state in states if name in HEAVY and state != "Cached"]
         print(f"identical re-run: {identical_s:.2f} s; task states: {sorted(states)}", flush=True)
 
