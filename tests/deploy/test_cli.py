@@ -91,3 +91,23 @@ def test_inventory_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith(f"error: {bad}:1: device needs 'host'")
     assert main(["fleet", "status", "-i", str(tmp_path / "missing.toml")]) == 2
     assert "inventory file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fleet_deploy_packages_and_rolls_out_then_a_bad_export_exits_2(sim_fleet, device_python, selftest_export,
+                                                                       tmp_path, capsys):
+    export, images = selftest_export
+    sims = sim_fleet(2)
+    path = sims.write_inventory(device_python)
+    package = tmp_path / "package"
+    assert main(["fleet", "deploy", "-i", str(path), "--export", str(export), "--samples", str(images),
+                 "--package", str(package), "--name", "lpd"]) == 0
+    captured = capsys.readouterr()
+    version = load_package(package).version
+    assert [line.split()[0] for line in captured.out.splitlines()[1:3]] == ["nano-00", "nano-01"]
+    assert "2 deployed" in captured.out and "canary" in captured.out and "deployed" in captured.err
+    assert current(sims.devices[0]) == version and current(sims.devices[1]) == version
+
+    assert main(["fleet", "deploy", "-i", str(path), "--export", str(images), "--samples", str(images)]) == 2
+    err = capsys.readouterr().err
+    assert "no model.json" in err and "Traceback" not in err
