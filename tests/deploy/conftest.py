@@ -75,24 +75,9 @@ def native_export(tmp_path_factory):
     """A model trained by the native backend for 2 epochs on a tiny synthetic CRPD set (the backend tests' spec)
     and exported with --gen_ds_config: (export dir, validation image dir)."""
     from taoflow.backends.native.train import train
-    from taoflow.datasets.crpd import convert_crpd
-    from taoflow.datasets.demo import generate_crpd
-    from taoflow.datasets.split import split_dataset
-    from taoflow.datasets.tfrecords import dataset_convert
-    from taoflow.spec import parse_dataset_export_text
-    from tests.backends.native.conftest import cli, write_spec
+    from tests.backends.native.conftest import cli, make_tiny_data, write_spec
 
-    root = tmp_path_factory.mktemp("native")
-    generate_crpd(root / "raw", num_images=16, image_size=(160, 120), seed=5, split_fractions=(1.0, 0.0, 0.0),
-                  progress=False)
-    convert_crpd(root / "raw", root / "kitti", progress=False)
-    split_dataset(root / "kitti/train/image", root / "kitti/train/label", root / "split", val_split=25,
-                  progress=False)
-    spec = parse_dataset_export_text(f"""kitti_config {{ root_directory_path: "{root / 'split/training'}"
-        image_dir_name: "image" label_dir_name: "label" image_extension: ".jpg" partition_mode: "random"
-        num_partitions: 2 val_split: 0 num_shards: 2 }}
-        target_class_mapping {{ key: "lpd" value: "lpd" }}""")
-    dataset_convert(spec, root / "tfrecords" / "t", progress=False)
+    root = make_tiny_data(tmp_path_factory.mktemp("native"))
     spec_path = write_spec(root / "spec.txt", root)
     result = train(spec_path, root / "run", device="cpu")
     code, text = cli("export", "-e", spec_path, "-m", result["checkpoint"], "-o", root / "export" / "model.onnx",

@@ -3,6 +3,7 @@ temporary local server in its own PREFECT_HOME."""
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,14 @@ def raw_crpd(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw") / "crpd"
     generate_crpd(root, num_images=40, image_size=(160, 120), seed=11, progress=False)
     return root
+
+
+def all_file_bytes(root):
+    """(path, bytes) of every file under root, zip archives (ClearML offline sessions) with their members' bytes."""
+    for path in Path(root).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.suffix == ".zip":
+                with zipfile.ZipFile(path) as z:
+                    data += b"".join(z.read(n) for n in z.namelist())
+            yield path, data

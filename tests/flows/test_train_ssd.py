@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, write_specs
+from .conftest import REPO, all_file_bytes, write_specs
 
 NGC_KEY = "nvapi-PLANTED-ngc-key-0123456789abcdef"
 CLEARML_SECRET = "PLANTED-clearml-secret-fedcba9876543210"
@@ -75,14 +75,7 @@ def test_clearml_offline_session_holds_params_scalars_passport_and_model(runs):
 def test_planted_secrets_appear_nowhere(runs, prefect_home):
     ws, first, second = runs
     blobs = [json.dumps(first).encode(), json.dumps(second).encode()]
-    for root in (ws, prefect_home):
-        for path in Path(root).rglob("*"):
-            if path.is_file():
-                data = path.read_bytes()
-                if path.suffix == ".zip":
-                    with zipfile.ZipFile(path) as z:
-                        data += b"".join(z.read(n) for n in z.namelist())
-                blobs.append(data)
+    blobs += [data for root in (ws, prefect_home) for _, data in all_file_bytes(root)]
     for secret in (NGC_KEY, CLEARML_SECRET):
         assert not any(secret.encode() in b for b in blobs), secret
 

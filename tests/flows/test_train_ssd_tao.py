@@ -7,28 +7,17 @@ import json
 import os
 import shlex
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.backends.tao.conftest import minimal_path, tao_launchers, write_executable  # noqa: F401 (fixture)
 
-from .conftest import write_specs
+from .conftest import all_file_bytes, write_specs
 
 pytestmark = pytest.mark.slow
 
 KEY = "tlt-PLANTED-flow-key-7d3a90c1e4"
-
-
-def _all_bytes(root):
-    for path in Path(root).rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.suffix == ".zip":
-                with zipfile.ZipFile(path) as z:
-                    data += b"".join(z.read(n) for n in z.namelist())
-            yield path, data
 
 
 def test_train_ssd_runs_on_the_tao_backend_through_the_real_launcher(tmp_path, prefect_home, raw_crpd,
@@ -80,6 +69,6 @@ exec {shlex.quote(sys.executable)} -m taoflow.backends.native "$@"
     captured = capfd.readouterr()
     assert "train-ssd" in captured.out + captured.err  # the flow's own log lines were captured
     blobs = [json.dumps(summary).encode(), json.dumps(again).encode(), (captured.out + captured.err).encode()]
-    leaked = [str(p) for root in (ws, prefect_home) for p, data in _all_bytes(root) if KEY.encode() in data] + \
+    leaked = [str(p) for root in (ws, prefect_home) for p, data in all_file_bytes(root) if KEY.encode() in data] + \
              [str(i) for i, b in enumerate(blobs) if KEY.encode() in b]
     assert leaked == []

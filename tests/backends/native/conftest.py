@@ -40,9 +40,8 @@ dataset_config {{
 """
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("native")
+def make_tiny_data(root):
+    """16 synthetic CRPD images through the real data stage: root/split (75/25) and root/tfrecords/t-fold-*."""
     generate_crpd(root / "raw", num_images=16, image_size=(160, 120), seed=5, split_fractions=(1.0, 0.0, 0.0),
                   progress=False)
     convert_crpd(root / "raw", root / "kitti", progress=False)
@@ -54,6 +53,11 @@ def tiny_data(tmp_path_factory):
         target_class_mapping {{ key: "lpd" value: "lpd" }}""")
     dataset_convert(spec, root / "tfrecords" / "t", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("native"))
 
 
 def write_spec(path, data, epochs=2):
