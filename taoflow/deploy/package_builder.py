@@ -39,6 +39,12 @@ def read_export(export_dir):
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if any(export_dir.glob("*.etlt")) or any(export_dir.glob("*.onnx")):
+            # TAO's own export (backend "tao"): an encrypted .etlt, or an ONNX graph with TensorRT's NMS plugin
+            raise DeployError("no model.json: this looks like TAO's own export, which only TensorRT can run; the "
+                              "host cannot compute the expected smoke-test detections for it yet. Deploy a native "
+                              "export (`taoflow-ssd export ... --gen_ds_config`, or train-ssd with backend='native')",
+                              path=path) from None
         raise DeployError("no model.json: export with `taoflow-ssd export ... --gen_ds_config`", path=path) from None
     except json.JSONDecodeError as e:
         raise DeployError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None

@@ -61,7 +61,8 @@ def test_package_is_written_atomically_and_never_overwritten(selftest_export, tm
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: (d / "model.json").unlink(), "no model.json"),
+    (lambda d: [(d / n).unlink() for n in ("model.json", "model.onnx")], "no model.json: export with"),
+    (lambda d: (d / "model.json").unlink(), "looks like TAO's own export"),
     (lambda d: (d / "labels.txt").write_text("background\nplate\ncar\n"), "disagrees with model.json classes"),
     (lambda d: (d / "model.json").write_text(json.dumps({**json.loads((d / "model.json").read_text()),
                                                          "model_file": "model.etlt"})), "not 'model.etlt'"),
