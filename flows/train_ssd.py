@@ -190,6 +190,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
                                if k == "mAP" or k.startswith("AP_")}
         rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
+        model_file = str(P.exported_model_of(_res(stages["export"])))  # .onnx, or TAO 3/4's .etlt
         rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
         if deploy_inventory and all(g["passed"] for g in rep["gates"]):
             # read now, not cached with the report (the fleet changes between runs), and only for a model that
@@ -200,7 +201,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "passport.json").write_text(json.dumps(passport, indent=2))
         markdown = R.summary_markdown(passport, rep["rows"], rep["gates"], {
-            "exported model": str(P.exported_model_of(_res(stages["export"]))), **rep["images"],
+            "exported model": model_file, **rep["images"],
             "inference": str(Path(rep["path"]) / rep["inference"])})
         (run_dir / "report.md").write_text(markdown)
         create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
@@ -215,7 +216,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             for png in rep["images"].values():
                 if png:
                     tracker.image("report", png)
-            tracker.model(P.exported_model_of(_res(stages["export"])), f"ssd-{spec_set}", passport)
+            tracker.model(model_file, f"ssd-{spec_set}", passport)
         gates_ok = all(g["passed"] for g in rep["gates"])
         deployed = None
         if not gates_ok:
@@ -229,7 +230,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},
-            "model": str(P.exported_model_of(_res(stages["export"]))), "report": str(run_dir / "report.md"),
+            "model": model_file, "report": str(run_dir / "report.md"),
             "run_dir": str(run_dir), "deployed": deployed,
         }
     except BaseException:

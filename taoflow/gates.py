@@ -44,8 +44,8 @@ def export_parity(spec_path, checkpoint, onnx_path, image_paths, rtol=1e-3, scor
     """The exported ONNX (ONNX Runtime) must give PyTorch's boxes and scores on held-out images.
 
     Not checkable here for TAO's own models (an encrypted .etlt, or a .tlt/.hdf5 checkpoint that only TAO's
-    TensorFlow loads): the gate then says so and does not block; the device's smoke test still compares the engine's
-    detections with the host's."""
+    TensorFlow loads): the gate then says so and does not block. Such models cannot be deployed by taoflow yet
+    (the package builder refuses them), so nothing unchecked reaches a device."""
     import onnxruntime as ort
     import torch
 

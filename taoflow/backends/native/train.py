@@ -1,6 +1,6 @@
 """`ssd train`: TAO's SSD training on PyTorch.
 
-Same spec, same outputs as TAO 5 (cv/ssd/scripts/train.py): weights/ssd_<arch><n>_epoch_XXX.pth every
+Same spec, same outputs as TAO 5 (cv/ssd/scripts/train.py): weights/ssd_<arch><n>_epoch_<NNN>.pth every
 checkpoint_interval epochs, ssd_training_log_<arch><n>.csv (epoch, AP_<class>..., loss, lr, mAP, validation_loss;
 NaN where not evaluated), status.json lines, validation every validation_period_during_training epochs. SGD with
 momentum 0.9 (TAO's SSD ignores the spec's optimizer), soft-start/annealing learning rate updated per batch, the
