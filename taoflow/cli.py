@@ -59,6 +59,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level == "INFO":  # the Prefect client logs every API call through httpx; they bury the progress
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args._run(args) or 0
     except TaoflowError as e:
