@@ -10,11 +10,11 @@ failure before that leaves the previous model running and the staged copy delete
 """
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -120,6 +120,16 @@ def group_by_engine_key(probes, package):
 
 # --- deploy --------------------------------------------------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def session_for(device, session=None):
+    """A connection for one operation: the caller's open Session (left open for its next step), or a new one."""
+    if session is not None:
+        yield session
+        return
+    async with Session(device) as s:
+        yield s
+
+
 def staging_path(device, name, version):
     return f"{device.device_root}/staging/{name}/{version}"
 
@@ -151,7 +161,7 @@ async def ship(session, package, staging, engine=None, progress=None):
 
 async def adeploy_to_device(device, package, *, name, version=None, wave=None, keep=3, build=True, engine=None,
                             etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20,
-                            verify=None):
+                            verify=None, session=None):
     """Ship agent + package, build, smoke, activate. Returns a result dict.
 
     Fan-out to the rest of an engine-key group after its canary: `engine` = (local path, sha256) of the engine
@@ -162,6 +172,7 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
     `on_step(device name, step)` is called as each step starts: ship, build, smoke, activate (flow logging).
     `verify(device, smoke record)` runs on the host between a passed smoke test and the switch; raising a
     DeployError there refuses the version (a canary's detections checked against the host's, for example).
+    `session`: an open Session to this device to use (and leave open), e.g. the one that staged the package.
     """
     package = package if isinstance(package, Package) else load_package(package)
     version = version or package.version
@@ -171,7 +182,8 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
                               f"a . _ or -)", device.name)
     started = time.monotonic()
     ids = ["--name", name, "--version", version]
-    async with device_lock(device), Session(device) as s:
+    async with device_lock(device), session_for(device, session) as s:
+        bytes_before, cpu_before = s.bytes_sent, s.agent_cpu_s
         def again(op):
             return with_retries(s, op, retries)
 
@@ -202,10 +214,10 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
             wave_args = [] if wave is None else ["--wave", str(wave)]
             after = await again(lambda: call(s, "activate", *ids, "--keep", str(keep), *wave_args))
         except DeployError:
-            with suppress(DeployError):
+            with contextlib.suppress(DeployError):
                 await call(s, "discard", *ids)
             raise
-        bytes_sent, agent_cpu = s.bytes_sent, s.agent_cpu_s
+        bytes_sent, agent_cpu = s.bytes_sent - bytes_before, s.agent_cpu_s - cpu_before
     state = after["models"][name]
     current = next(v for v in state["versions"] if v["version"] == state["current"])
     return {"device": device.name, "name": name, "version": version, "wave": wave, "previous": previous,
@@ -213,6 +225,28 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
             "smoke": {k: smoke.get(k) for k in ("passed", "runtime", "runtime_version", "fps", "latency_ms")},
             "files_uploaded": uploaded, "bytes_uploaded": bytes_sent, "agent_cpu_s": round(agent_cpu, 3),
             "seconds": round(time.monotonic() - started, 3)}
+
+
+async def astage(device, package, *, name, version=None, retries=4, progress=None, session=None):
+    """Upload agent + package to the device's staging area; nothing is built, run or switched.
+
+    The rollout stages a group's other devices while its canary builds (minutes for a TensorRT engine on a Nano),
+    so their waves only send the engine, if any, then smoke-test and switch: their deploy's `ship` skips every
+    file already there with the right checksum. Returns {"files_uploaded", "bytes_uploaded"}. `session`: an
+    open Session to use and leave open (the rollout keeps it for the device's wave).
+    """
+    package = package if isinstance(package, Package) else load_package(package)
+    staging = staging_path(device, name, version or package.version)
+    async with device_lock(device), session_for(device, session) as s:
+        before = s.bytes_sent
+        sent = await with_retries(s, lambda: ship(s, package, staging, None, progress), retries)
+        return {"files_uploaded": sent, "bytes_uploaded": s.bytes_sent - before}
+
+
+async def adiscard(device, name, version, retries=2, session=None):
+    """Remove a staged version that will not be activated (`current` and installed versions are untouched)."""
+    async with device_lock(device), session_for(device, session) as s:
+        return await with_retries(s, lambda: call(s, "discard", "--name", name, "--version", version), retries)
 
 
 def deploy_to_device(device, package, **kwargs):

@@ -6,7 +6,10 @@ Per engine-key group (devices that can share one built engine, fleet.engine_key)
    device best able to build (tagged `canary`, then the most free memory);
 2. canary (wave 0): ship, build, smoke; then the host compares the canary's detections with its own
    (compare_detections: same label, IoU, and confidence within a tolerance) before the switch. A failed canary
-   stops its group only: the package is wrong for that engine key, not necessarily for the others;
+   stops its group only: the package is wrong for that engine key, not necessarily for the others. Meanwhile
+   the package is staged on the group's other devices (an engine build on a Nano takes minutes; uploads to
+   dozens of devices need not wait for it), each keeping that connection open for its wave; copies staged on
+   devices that end up not deployed are discarded;
 3. TensorRT groups: the canary's engine is fetched and shipped to the rest, which never build (builds =
    groups); ONNX Runtime groups skip the build on the rest (the canary's build only proved the model loads);
 4. waves of `wave_size` devices: ship (+ engine), smoke (proves the engine loads and is right on that device),
@@ -27,14 +30,16 @@ import asyncio
 import json
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from .errors import DeployError
-from .fleet import (NAME_RE, adeploy_to_device, afetch_engine, aprobe_all, arevert_device, group_by_engine_key,
-                    run_sync)
+from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe_all, arevert_device, astage,
+                    group_by_engine_key, run_sync)
 from .package import Package, load_package
 from .preflight import choose_canary, device_problems
 from .report import DeviceOutcome, GroupOutcome, RolloutReport
+from .ssh import Session
 
 
 def compare_detections(expected, device_images, confidence_tolerance=0.1):
@@ -99,6 +104,7 @@ class _Rollout:
         self.limit = asyncio.Semaphore(max(1, int(options["concurrency"])))
         self.abort = asyncio.Event()
         self.switched = []  # devices this rollout made run `version`, in switch order
+        self.sessions = {}  # device -> the open connection that staged its package, kept for its wave
         self.expected = json.loads((package.path / "samples" / "expected.json").read_text(encoding="utf-8"))
         self.report = RolloutReport(name, version, package.digest,
                                     {d.name: DeviceOutcome(d.name, version) for d in devices})
@@ -157,10 +163,34 @@ class _Rollout:
         g.canary = canary
         if self.abort.is_set():
             return self.stop(g, able, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
-        if not await self.deploy(canary, g, 0, build=True, verify=self.canary_check(g)):
-            rest = [n for n in able if n != canary]
-            return self.stop(g, rest, "stopped", f"not deployed: canary {canary} failed "
-                                                 f"({self.report.devices[canary].error})")
+        rest = [n for n in able if n != canary]
+        # Stage the rest once the canary's own upload is done (it gets the host's uplink to itself) and while it
+        # builds and smoke-tests; on a Nano an engine build takes minutes.
+        shipped = asyncio.Event()
+
+        def on_step(_device, step):
+            if step != "ship":
+                shipped.set()
+
+        staging = asyncio.gather(*(self.stage(n, g, after=shipped) for n in rest))
+        try:
+            canary_ok = await self.deploy(canary, g, 0, build=True, verify=self.canary_check(g), on_step=on_step)
+        finally:
+            shipped.set()
+            staged = [n for n, ok in zip(rest, await staging) if ok]
+        try:
+            if canary_ok:
+                await self.fan_out(group, g, canary, rest)
+            else:
+                self.stop(g, rest, "stopped", f"not deployed: canary {canary} failed "
+                                              f"({self.report.devices[canary].error})")
+        finally:
+            await asyncio.gather(*(self.discard(n) for n in staged if self.report.devices[n].status == "skipped"))
+            await asyncio.gather(*(self.sessions.pop(n).close() for n in staged if n in self.sessions))
+
+    async def fan_out(self, group, g, canary, pending):
+        """After a passed canary: fetch its engine (TensorRT), then deploy the rest in waves."""
+        everyone = [canary, *pending]
         self.report.builds += 1
         engine = None
         if group.key.get("runtime") == "tensorrt":
@@ -168,11 +198,9 @@ class _Rollout:
                 dest = Path(self.o["engine_dir"]) / f"{g.id}-{self.version}.engine"
                 engine = await afetch_engine(self.by_name[canary], self.name, self.version, dest)
             except DeployError as e:
-                rest = [n for n in able if n != canary]
-                return self.stop(g, rest, "stopped", f"not deployed: the canary's engine could not be fetched "
-                                                     f"({e.reason})")
+                return self.stop(g, pending, "stopped", f"not deployed: the canary's engine could not be fetched "
+                                                        f"({e.reason})")
             g.engine_sha256 = engine[1]
-        pending = [n for n in able if n != canary]
         for k, wave in enumerate(waves_of(pending, self.o["wave_size"]), 1):
             if self.abort.is_set():
                 return self.stop(g, pending, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
@@ -184,8 +212,31 @@ class _Rollout:
                                        f"failed, above the abort threshold {self.o['abort_threshold']:g}")
                 self.abort.set()
                 self.event("abort", group=g.id, wave=k, error=self.report.aborted)
-        states = {self.report.devices[n].status for n in able}
+        states = {self.report.devices[n].status for n in everyone}
         g.status = "deployed" if states == {"deployed"} else "partial"
+
+    async def stage(self, n, g, after):
+        """Upload the package to a device that waits for its wave; False when that failed (its deploy retries)."""
+        out = self.report.devices[n]
+        await after.wait()
+        session = Session(self.by_name[n])
+        try:
+            async with self.limit:
+                result = await astage(self.by_name[n], self.package, name=self.name, version=self.version,
+                                      session=session)
+        except DeployError as e:
+            await session.close(abort=True)
+            self.event("stage_failed", device=n, group=g.id, error=e.reason)
+            return False
+        self.sessions[n] = session
+        out.bytes_uploaded = (out.bytes_uploaded or 0) + result["bytes_uploaded"]
+        self.event("staged", device=n, group=g.id, files=result["files_uploaded"])
+        return True
+
+    async def discard(self, n):
+        with suppress(DeployError):  # best effort: a stale staged copy costs disk space, never a wrong model
+            async with self.limit:
+                await adiscard(self.by_name[n], self.name, self.version, session=self.sessions.get(n))
 
     def stop(self, g, names, status, error):
         g.status, g.error = status, g.error or error
@@ -199,7 +250,7 @@ class _Rollout:
                                   f"{self.o['tolerance']:g}: {g.agreement['problems'][0]}", device.name)
         return check
 
-    async def deploy(self, n, g, wave, build, engine=None, verify=None):
+    async def deploy(self, n, g, wave, build, engine=None, verify=None, on_step=None):
         out = self.report.devices[n]
         out.role, out.wave = ("canary" if wave == 0 else "wave"), wave
         self.event("deploy", device=n, group=g.id, wave=wave)
@@ -209,7 +260,8 @@ class _Rollout:
                 result = await adeploy_to_device(
                     self.by_name[n], self.package, name=self.name, version=self.version, wave=wave,
                     keep=self.o["keep"], build=build, engine=engine, etlt_key=self.o["etlt_key"],
-                    smoke_iterations=self.o["smoke_iterations"], verify=verify)
+                    smoke_iterations=self.o["smoke_iterations"], verify=verify, on_step=on_step,
+                    session=self.sessions.get(n))
         except DeployError as e:
             out.status, out.error = "failed", e.reason
             out.seconds = round(time.monotonic() - started, 3)

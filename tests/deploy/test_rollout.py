@@ -58,6 +58,11 @@ def test_native_export_rolls_out_to_three_devices_in_two_groups(sim_fleet, py36,
     roles = {(r["device"], r["role"], r["wave"]) for r in report.table()}
     assert roles == {("nano-00", "canary", 0), ("nano-01", "wave", 1), ("nano-02", "canary", 0)}
     assert [e["device"] for e in events if e["event"] == "deployed"].count("nano-01") == 1
+    # nano-01 got the package while its canary nano-00 built and smoke-tested, so its wave only switched
+    order = [(e["event"], e["device"]) for e in events if e.get("device") in ("nano-00", "nano-01")]
+    assert order.index(("staged", "nano-01")) < order.index(("deploy", "nano-01"))
+    assert next(e for e in events if e["event"] == "staged")["files"] > 0
+    assert not list((sims.devices[1].root / "staging").rglob("*.onnx"))  # activated: staging moved into models/
 
     assert taoflow_main(["fleet", "status", "-i", str(inventory.path), "--model", "lpd"]) == 0
     out = capsys.readouterr().out
@@ -112,6 +117,8 @@ def test_a_failing_canary_stops_only_its_group(sim_fleet, py36, package_copy):
     assert "canary nano-00 failed" in rows["nano-01"]["error"]
     assert [rows[n]["status"] for n in ("nano-03", "nano-04")] == ["deployed", "deployed"]
     assert [current(s) for s in sims.devices] == [v1.version] * 3 + [v2.version] * 2
+    for sim in sims.devices[1:3]:  # staged while the canary ran, discarded when it failed
+        assert not (sim.root / "staging" / "lpd" / v2.version).exists()
     assert sorted(g.status for g in report.groups.values()) == ["deployed", "stopped"]
     assert report.builds == 1
 

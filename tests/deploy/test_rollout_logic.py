@@ -29,6 +29,15 @@ class FakeFleet:
         monkeypatch.setattr(rollout_module, "adeploy_to_device", self.deploy)
         monkeypatch.setattr(rollout_module, "afetch_engine", self.fetch)
         monkeypatch.setattr(rollout_module, "arevert_device", self.revert)
+        monkeypatch.setattr(rollout_module, "astage", self.stage)
+        monkeypatch.setattr(rollout_module, "adiscard", self.discard)
+
+    async def stage(self, device, package, *, name, version, **_):
+        self.calls.append(("stage", device.name))
+        return {"files_uploaded": 3, "bytes_uploaded": 100}
+
+    async def discard(self, device, name, version, **_):
+        self.calls.append(("discard", device.name))
 
     async def deploy(self, device, package, *, name, version, wave, build, engine, verify, **_):
         self.calls.append(("deploy", device.name, wave, build, engine))
@@ -76,6 +85,12 @@ def test_tensorrt_groups_build_once_and_ship_the_canarys_engine(monkeypatch, sel
     assert [(c[2], c[3], c[4]) for c in cpu] == [(0, True, None), (1, False, None)]  # onnxruntime: no engine
     trt = next(g for g in report.groups.values() if g.key["runtime"] == "tensorrt")
     assert trt.engine_sha256 == "e" * 64 and trt.label == "TensorRT 8.2.1 L4T 32.7.1 sm_53 fp16"
+    # the rest of each group is staged while its canary builds, before the canary's engine is fetched
+    nano = [c[:2] for c in fake.calls if c[1].startswith("nano")]
+    staged = [n for kind, n in nano if kind == "stage"]
+    assert sorted(staged) == sorted(c[1] for c in nano_deploys[1:])
+    assert max(nano.index(("stage", n)) for n in staged) < nano.index(("fetch", canary[1]))
+    assert not any(c[0] == "discard" for c in fake.calls)
 
 
 def test_abort_stops_later_waves_everywhere_and_reverts_only_what_this_rollout_switched(monkeypatch,
@@ -95,7 +110,9 @@ def test_abort_stops_later_waves_everywhere_and_reverts_only_what_this_rollout_s
     assert [rows[n]["current"] for n in names] == ["old"] * 6 + [package.version]
     reverts = sorted(c[1] for c in fake.calls if c[0] == "revert")
     assert reverts == ["d0", "d1", "d2", "d3", "d4"]  # switched ones, and the failed ones to confirm theirs
-    assert not any(c[1] in ("d5", "d6") for c in fake.calls)
+    assert not any(c[1] in ("d5", "d6") and c[0] not in ("stage", "discard") for c in fake.calls)
+    # d5 and d6 were staged while the canary ran and never deployed: their staged copies are discarded
+    assert sorted(c[1] for c in fake.calls if c[0] == "discard") == ["d5", "d6"]
 
 
 @pytest.mark.parametrize("threshold, aborted", [(0.5, False), (0.49, True)])
