@@ -127,6 +127,11 @@ def prune_checkpoint(model_path, output_file, threshold=0.1, normalizer="max", e
                     extra={"pruned_from": str(model_path), "pruning": {k: v for k, v in report.items()
                                                                        if k != "layers"}})
     log.info("Pruning ratio (pruned model / original model): %s", report["ratio"])
+    if report["params_after"] == report["params_before"]:
+        # Not an error (TAO says nothing either), but a user comparing the pruned and unpruned rows should know why.
+        log.warning("no filter was pruned: every filter's normalised L2 norm is above -pth %g (with -eq %s). Raise "
+                    "-pth, or train longer with an L1 regularizer so that unneeded filters shrink",
+                    threshold, equalization)
     status.write("Pruning finished successfully.", status="SUCCESS", kpi={"pruning_ratio": report["ratio"],
                                                                           "param_count": report["params_after"]})
     report["output"] = str(output)

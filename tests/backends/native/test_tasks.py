@@ -12,7 +12,7 @@ import torch
 from taoflow.backends.native.checkpoint import build_from_checkpoint, load_checkpoint
 from taoflow.backends.native.build import anchors_for
 from taoflow.backends.native.evaluate import load_model_for, predict, preprocess, read_image
-from taoflow.backends.native.prune import prune_model, tao_names
+from taoflow.backends.native.prune import prune_checkpoint, prune_model, tao_names
 from taoflow.backends.native.train import train
 
 from .conftest import cli, write_spec
@@ -85,6 +85,13 @@ def test_prune_follows_min_weight_rules_and_retrains(trained, tiny_data):
     assert code == 0 and "Pruning ratio (pruned model / original model):" in text
     retrain = train(spec, tiny_data / "retrain", resume_model=out, device="cpu", max_iterations=2)
     assert load_checkpoint(retrain["checkpoint"])["arch"]["widths"] == load_checkpoint(out)["arch"]["widths"]
+
+
+def test_pruning_nothing_says_why(trained, tmp_path, caplog):
+    spec, result = trained
+    report = prune_checkpoint(result["checkpoint"], tmp_path / "same.pth", threshold=1e-9)
+    assert report["ratio"] == 1.0 and report["params_after"] == report["params_before"]
+    assert "no filter was pruned" in caplog.text and "-pth 1e-09" in caplog.text
 
 
 def test_export_runs_in_onnx_runtime_like_pytorch(trained, tiny_data):
