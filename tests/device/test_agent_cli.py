@@ -45,6 +45,34 @@ def test_probe_build_smoke_activate_under_python36(py36_python, agent, selftest_
     assert json.loads((root / "models" / "lpd" / "v1" / "smoke.json").read_text())["passed"] is True
 
 
+def test_smoke_activate_switches_only_after_a_pass_and_is_safe_to_retry(py36_python, agent, selftest_package,
+                                                                      tmp_path):
+    root = tmp_path / "root"
+    ids = ("--name", "lpd", "--version")
+    bad = shutil.copytree(selftest_package, root / "staging" / "lpd" / "v0")
+    expected = json.loads((bad / "samples" / "expected.json").read_text())
+    for dets in expected["images"].values():
+        for d in dets:
+            d["box"] = [v + 40 for v in d["box"]]
+    (bad / "samples" / "expected.json").write_text(json.dumps(expected))
+    status, reply = agent(py36_python, root, "smoke", *ids, "v0", "--iterations", "1", "--activate")
+    assert status == 1 and reply["error"].startswith("smoke test failed")
+    assert not (root / "models" / "lpd" / "current").exists()
+
+    shutil.copytree(selftest_package, root / "staging" / "lpd" / "v1")
+    args = ("smoke", *ids, "v1", "--iterations", "2", "--activate", "--keep", "2", "--wave", "3")
+    status, reply = agent(py36_python, root, *args)
+    assert status == 0 and reply["result"]["passed"] and reply["result"]["fps"] > 0
+    assert reply["result"]["activated"]["models"]["lpd"]["current"] == "v1"
+    assert not (root / "staging" / "lpd" / "v1").exists()
+    # the same call again (its first reply lost): the installed copy's smoke record, still current
+    status, again = agent(py36_python, root, *args)
+    assert status == 0 and again["result"]["checked_at"] == reply["result"]["checked_at"]
+    assert again["result"]["activated"]["models"]["lpd"]["current"] == "v1"
+    passport = json.loads((root / "models" / "lpd" / "v1" / "passport.json").read_text())
+    assert passport["wave"] == 3 and passport["smoke"]["passed"]
+
+
 def test_errors_are_json_with_file_and_line(agent, selftest_package, tmp_path):
     root = tmp_path / "root"
     staged = shutil.copytree(selftest_package, root / "staging" / "lpd" / "v1")

@@ -71,6 +71,14 @@ def _check_smoke(path, version):
     return smoke
 
 
+def installed_smoke(root, name, version):
+    """The passed smoke record of an installed version (what `smoke --activate` answers when retried)."""
+    target = os.path.join(_models(root, name), check_name("version", version))
+    if not os.path.isdir(target):
+        raise AgentError("version {} of {} is neither staged nor installed".format(version, name))
+    return _check_smoke(target, version)
+
+
 def _remove_tree(path):
     """Rename first, then delete: an interrupted delete leaves a dot-named trash dir, never half a version."""
     if not os.path.lexists(path):
