@@ -169,7 +169,8 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
     ONNX Runtime groups, whose canary build only verified the model, pass build=False. Either way the smoke
     test then proves the model loads and is right on this device. `etlt_key` goes to the device
     on stdin only. On failure the staged copy is discarded and `current` is what it was.
-    `on_step(device name, step)` is called as each step starts: ship, build, smoke, activate (flow logging).
+    `on_step(device name, step)` is called as each step starts: ship, build, smoke, activate (flow logging);
+    without `verify`, the agent's smoke call also activates (one agent start-up) and there is no activate step.
     `verify(device, smoke record)` runs on the host between a passed smoke test and the switch; raising a
     DeployError there refuses the version (a canary's detections checked against the host's, for example).
     `session`: an open Session to this device to use (and leave open), e.g. the one that staged the package.
