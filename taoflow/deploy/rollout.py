@@ -177,7 +177,8 @@ class _Rollout:
             canary_ok = await self.deploy(canary, g, 0, build=True, verify=self.canary_check(g), on_step=on_step)
         finally:
             shipped.set()
-            staged = [n for n, ok in zip(rest, await staging) if ok]
+            await staging
+        staged = [n for n in rest if n in self.sessions]  # staged without error: its connection is kept
         try:
             if canary_ok:
                 await self.fan_out(group, g, canary, rest)
@@ -186,7 +187,7 @@ class _Rollout:
                                               f"({self.report.devices[canary].error})")
         finally:
             await asyncio.gather(*(self.discard(n) for n in staged if self.report.devices[n].status == "skipped"))
-            await asyncio.gather(*(self.sessions.pop(n).close() for n in staged if n in self.sessions))
+            await asyncio.gather(*(self.sessions.pop(n).close() for n in staged))
 
     async def fan_out(self, group, g, canary, pending):
         """After a passed canary: fetch its engine (TensorRT), then deploy the rest in waves."""
@@ -216,7 +217,7 @@ class _Rollout:
         g.status = "deployed" if states == {"deployed"} else "partial"
 
     async def stage(self, n, g, after):
-        """Upload the package to a device that waits for its wave; False when that failed (its deploy retries)."""
+        """Upload the package to a device that waits for its wave; on failure its deploy uploads it again."""
         out = self.report.devices[n]
         await after.wait()
         session = Session(self.by_name[n])
@@ -227,11 +228,10 @@ class _Rollout:
         except DeployError as e:
             await session.close(abort=True)
             self.event("stage_failed", device=n, group=g.id, error=e.reason)
-            return False
+            return
         self.sessions[n] = session
         out.bytes_uploaded = (out.bytes_uploaded or 0) + result["bytes_uploaded"]
         self.event("staged", device=n, group=g.id, files=result["files_uploaded"])
-        return True
 
     async def discard(self, n):
         with suppress(DeployError):  # best effort: a stale staged copy costs disk space, never a wrong model
