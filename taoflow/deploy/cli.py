@@ -197,7 +197,7 @@ def run_doctor(args):
 
     fleet = load_inventory(args.inventory)
     device = find_device(fleet, args.target)
-    probe = run_sync(aprobe(device))
+    probe = run_sync(aprobe(device, imports=True))
     if args.json:
         print(json.dumps(probe, indent=2, sort_keys=True))
     checks = diagnose(probe)

@@ -39,7 +39,12 @@ def diagnose(probe):
     checks = []
     add = checks.append
     modules, tools = probe.get("modules") or {}, probe.get("tools") or {}
+    errors = probe.get("import_errors") or {}
     links = probe.get("tool_links") or {}
+
+    def absent(module):  # installed but failing to import says more than "absent", and needs another fix
+        return f"installed, but import fails: {errors[module]}" if module in errors else "absent"
+
     runtimes = probe.get("runtimes") or []
     trt = probe.get("tensorrt")
     jp = jetpack(probe)
@@ -52,7 +57,7 @@ def diagnose(probe):
     add(Check("Python", "ok" if py and version_tuple(py) >= (3, 6) else "missing", py or "unknown",
               "" if py and version_tuple(py) >= (3, 6) else "the agent needs Python 3.6+ as `python` in the inventory"))
     for module, advice in (("numpy", "sudo apt install python3-numpy"), ("cv2", "sudo apt install python3-opencv")):
-        add(Check(module, "ok" if modules.get(module) else "missing", modules.get(module) or "absent",
+        add(Check(module, "ok" if modules.get(module) else "missing", modules.get(module) or absent(module),
                   "" if modules.get(module) else advice))
 
     gpu = probe.get("gpu")
@@ -66,10 +71,10 @@ def diagnose(probe):
     if trt:
         add(Check("TensorRT", "ok", trt))
         has_module = modules.get("tensorrt")
-        add(Check("tensorrt (Python)", "ok" if has_module else "missing", has_module or "absent",
+        add(Check("tensorrt (Python)", "ok" if has_module else "missing", has_module or absent("tensorrt"),
                   "" if has_module else "sudo apt install python3-libnvinfer (JetPack's TensorRT bindings)"))
         pycuda = modules.get("pycuda")
-        add(Check("pycuda", "ok" if pycuda else "missing", pycuda or "absent", "" if pycuda else
+        add(Check("pycuda", "ok" if pycuda else "missing", pycuda or absent("pycuda"), "" if pycuda else
                   "PATH=/usr/local/cuda/bin:$PATH pip3 install --user 'pycuda<2021.1' (TensorRT 8.x samples' pin)"))
         checks += _build_tools(tools, links, trt, jp_text)
         checks.append(_plugins(probe.get("nvinfer_plugin"), trt))
@@ -81,7 +86,7 @@ def diagnose(probe):
     if ort:
         add(Check("onnxruntime", "ok", ort))
     else:
-        add(Check("onnxruntime", "info" if "tensorrt" in runtimes else "missing", "absent",
+        add(Check("onnxruntime", "info" if "tensorrt" in runtimes else "missing", absent("onnxruntime"),
                   "only needed without TensorRT: pip3 install onnxruntime (1.10.0 is the last for Python 3.6)"))
     checks += _resources(probe, bool(trt))
     power = probe.get("power_mode")

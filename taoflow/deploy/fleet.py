@@ -54,13 +54,16 @@ async def for_each(devices, fn, concurrency=8):
 
 # --- probe and engine-compatibility groups -------------------------------------------------------------------
 
-async def aprobe(device, retries=4):
-    """The agent's probe report of one device, plus `transfer`: what shipping the agent cost."""
-    async with device_lock(device), Session(device) as s:
+async def aprobe(device, retries=4, imports=False, session=None):
+    """The agent's probe report of one device, plus `transfer`: what shipping the agent cost. `imports` has the
+    agent import each Python module (a doctor's question; a rollout's build and smoke import them anyway).
+    `session`: an open Session to use and leave open (a rollout keeps it for the device's later steps)."""
+    async with device_lock(device), session_for(device, session) as s:
+        bytes_before, cpu_before = s.bytes_sent, s.agent_cpu_s
         sent = await with_retries(s, lambda: ship_agent(s), retries)
-        report = await with_retries(s, lambda: call(s, "probe"), retries)
-        report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent,
-                              "agent_cpu_s": round(s.agent_cpu_s, 3)}
+        report = await with_retries(s, lambda: call(s, "probe", *(["--imports"] if imports else [])), retries)
+        report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent - bytes_before,
+                              "agent_cpu_s": round(s.agent_cpu_s - cpu_before, 3)}
         return report
 
 

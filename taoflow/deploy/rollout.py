@@ -34,8 +34,8 @@ from contextlib import suppress
 from pathlib import Path
 
 from .errors import DeployError
-from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe_all, arevert_device, astage,
-                    group_by_engine_key, run_sync)
+from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe, arevert_device, astage,
+                    for_each, group_by_engine_key, run_sync)
 from .package import Package, load_package
 from .preflight import choose_canary, device_problems
 from .report import DeviceOutcome, GroupOutcome, RolloutReport
@@ -104,7 +104,10 @@ class _Rollout:
         self.limit = asyncio.Semaphore(max(1, int(options["concurrency"])))
         self.abort = asyncio.Event()
         self.switched = []  # devices this rollout made run `version`, in switch order
-        self.sessions = {}  # device -> the open connection that staged its package, kept for its wave
+        # device -> its open connection, from the probe (or its staging) to the end of its group: a device is
+        # connected to once per rollout (an SSH handshake and login cost both ends CPU, the host's in one thread)
+        self.sessions = {}
+        self.staged = set()  # devices whose package was staged during their group's canary
         self.expected = json.loads((package.path / "samples" / "expected.json").read_text(encoding="utf-8"))
         self.report = RolloutReport(name, version, package.digest,
                                     {d.name: DeviceOutcome(d.name, version) for d in devices})
@@ -117,6 +120,22 @@ class _Rollout:
         for n in names:
             out = self.report.devices[n]
             out.status, out.error, out.current = status, error, out.previous
+
+    async def probe_all(self, devices):
+        """Probe every device, keeping each connection that worked for the device's later steps."""
+        async def probe(device):
+            session = self.sessions[device.name] = Session(device)
+            try:
+                return await aprobe(device, session=session)
+            except DeployError:
+                await self.release(device.name, abort=True)
+                raise
+        return await for_each(devices, probe, self.o["concurrency"])
+
+    async def release(self, n, abort=False):
+        session = self.sessions.pop(n, None)
+        if session is not None:
+            await session.close(abort=abort)
 
     async def run(self, probes):
         for n, out in self.report.devices.items():
@@ -134,6 +153,7 @@ class _Rollout:
         ok = {n: p for n, p in probes.items() if n in self.by_name and not isinstance(p, Exception)}
         groups = group_by_engine_key(ok, self.package)
         await asyncio.gather(*(self.run_group(g, ok) for g in groups.values()))
+        await asyncio.gather(*(self.release(n) for n in list(self.sessions)))  # devices left out of every group
         if self.abort.is_set():
             await self.revert_switched()
             for g in self.report.groups.values():
@@ -150,20 +170,26 @@ class _Rollout:
             if problems:
                 self.settle([n], "refused", "; ".join(problems))
                 self.event("refused", device=n, group=g.id, error=self.report.devices[n].error)
+                await self.release(n)
             else:
                 able.append(n)
         tags = {n: self.by_name[n].tags for n in able}
         canary, build_problems = choose_canary(able, probes, self.package, self.o["etlt_key"], tags)
-        if canary is None:
-            g.status = "refused"
-            if able:
-                g.error = f"no device of this group can build the engine: {'; '.join(build_problems[able[0]])}"
-                self.settle(able, "refused", g.error)
-            return
-        g.canary = canary
-        if self.abort.is_set():
-            return self.stop(g, able, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
-        rest = [n for n in able if n != canary]
+        try:
+            if canary is None:
+                g.status = "refused"
+                if able:
+                    g.error = f"no device of this group can build the engine: {'; '.join(build_problems[able[0]])}"
+                    self.settle(able, "refused", g.error)
+                return
+            g.canary = canary
+            if self.abort.is_set():
+                return self.stop(g, able, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
+            await self.canary_then_waves(group, g, canary, [n for n in able if n != canary])
+        finally:
+            await asyncio.gather(*(self.release(n) for n in able))
+
+    async def canary_then_waves(self, group, g, canary, rest):
         # Stage the rest once the canary's own upload is done (it gets the host's uplink to itself) and while it
         # builds and smoke-tests; on a Nano an engine build takes minutes.
         shipped = asyncio.Event()
@@ -178,7 +204,6 @@ class _Rollout:
         finally:
             shipped.set()
             await staging
-        staged = [n for n in rest if n in self.sessions]  # staged without error: its connection is kept
         try:
             if canary_ok:
                 await self.fan_out(group, g, canary, rest)
@@ -186,8 +211,8 @@ class _Rollout:
                 self.stop(g, rest, "stopped", f"not deployed: canary {canary} failed "
                                               f"({self.report.devices[canary].error})")
         finally:
-            await asyncio.gather(*(self.discard(n) for n in staged if self.report.devices[n].status == "skipped"))
-            await asyncio.gather(*(self.sessions.pop(n).close() for n in staged))
+            skipped = [n for n in rest if n in self.staged and self.report.devices[n].status == "skipped"]
+            await asyncio.gather(*(self.discard(n) for n in skipped))
 
     async def fan_out(self, group, g, canary, pending):
         """After a passed canary: fetch its engine (TensorRT), then deploy the rest in waves."""
@@ -220,16 +245,16 @@ class _Rollout:
         """Upload the package to a device that waits for its wave; on failure its deploy uploads it again."""
         out = self.report.devices[n]
         await after.wait()
-        session = Session(self.by_name[n])
+        session = self.sessions.setdefault(n, Session(self.by_name[n]))
         try:
             async with self.limit:
                 result = await astage(self.by_name[n], self.package, name=self.name, version=self.version,
                                       session=session)
         except DeployError as e:
-            await session.close(abort=True)
+            await self.release(n, abort=True)
             self.event("stage_failed", device=n, group=g.id, error=e.reason)
             return
-        self.sessions[n] = session
+        self.staged.add(n)
         out.bytes_uploaded = (out.bytes_uploaded or 0) + result["bytes_uploaded"]
         self.event("staged", device=n, group=g.id, files=result["files_uploaded"])
 
@@ -334,9 +359,12 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
                    "engine_dir": engine_dir or tmp}
         Path(options["engine_dir"]).mkdir(parents=True, exist_ok=True)
         run = _Rollout(devices, package, name, version, options, on_event)
-        if probes is None:
-            probes = await aprobe_all(devices, concurrency)
-        await run.run(probes)
+        try:
+            if probes is None:
+                probes = await run.probe_all(devices)
+            await run.run(probes)
+        finally:
+            await asyncio.gather(*(run.release(n, abort=True) for n in list(run.sessions)))
     run.report.seconds = round(time.monotonic() - started, 3)
     return run.report
 

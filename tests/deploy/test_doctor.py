@@ -54,3 +54,11 @@ def test_a_cpu_device_runs_onnx_on_onnxruntime():
     assert checks["TensorRT"].state == "info" and checks["GPU"].state == "info"
     assert "swap" not in checks  # nothing is built on a device without TensorRT
     assert verdict(probe, list(checks.values())) == (0, ["ONNX packages: yes, on onnxruntime"])
+
+
+def test_a_module_that_fails_to_import_is_shown_with_its_error():
+    probe = ready_nano(import_errors={"pycuda": "ImportError: libcuda.so.1: cannot open shared object file"})
+    probe["modules"]["pycuda"] = None
+    pycuda = by_item(diagnose(probe))["pycuda"]
+    assert pycuda.state == "missing"
+    assert pycuda.found == "installed, but import fails: ImportError: libcuda.so.1: cannot open shared object file"

@@ -9,6 +9,7 @@ import pytest
 from taoflow.cli import main as taoflow_main
 from taoflow.deploy import (build_package, compare_detections, deploy_all, fleet_status, load_inventory,
                             load_package, probe_all, rollout)
+from taoflow.deploy import ssh
 from taoflow.deploy.rollout import waves_of
 from tests.deploy.probes import package_variant, ready_nano
 
@@ -38,14 +39,27 @@ def two_group_fleet(sim_fleet, py36, n36, nhost, tags=None):
     return sims, load_inventory(sims.write_inventory(pythons, tags=tags))
 
 
-def test_native_export_rolls_out_to_three_devices_in_two_groups(sim_fleet, py36, native_export, tmp_path, capsys):
+def test_native_export_rolls_out_to_three_devices_in_two_groups(sim_fleet, py36, native_export, tmp_path, capsys,
+                                                              monkeypatch):
     sims, inventory = two_group_fleet(sim_fleet, py36, 2, 1, tags={"nano-00": ["canary"]})
     export, images = native_export
     passport = {"format": "taoflow-passport/1", "stages": {"export": "k-export"}, "id": "pp-native-1"}
     package = build_package(export, tmp_path / "pkg", images, count=3, passport=passport)
-    events = []
+    events, connections = [], []
+    real_connect = ssh.asyncssh.connect
+
+    async def counting_connect(host, port, **kwargs):  # the real connection, recorded
+        conn = await real_connect(host, port, **kwargs)
+        connections.append((port, conn))
+        return conn
+
+    monkeypatch.setattr(ssh.asyncssh, "connect", counting_connect)
     report = rollout(inventory.devices, package, name="lpd", wave_size=1, on_event=events.append)
     assert report.ok, report.table()
+    # one connection per device from probe to activation, and none left open afterwards
+    assert sorted(port for port, _ in connections) == sorted(d.port for d in inventory.devices)
+    assert all(conn.is_closed() for _, conn in connections)
+    monkeypatch.setattr(ssh.asyncssh, "connect", real_connect)
     assert len(report.groups) == 2 and report.builds == 2
     for group in report.groups.values():
         assert group.status == "deployed" and group.agreement["passed"] and group.agreement["checked"] > 0

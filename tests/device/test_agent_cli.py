@@ -30,7 +30,10 @@ def test_probe_build_smoke_activate_under_python36(py36_python, agent, selftest_
     shutil.copytree(selftest_package, root / "staging" / "lpd" / "v1")
     status, reply = agent(py36_python, root, "probe")
     assert status == 0 and reply["ok"] and reply["result"]["python"]["version"].startswith("3.6.")
-    assert reply["result"]["modules"]["onnxruntime"]["version"] == "1.10.0"
+    assert reply["result"]["modules"]["onnxruntime"]["version"] == "1.10.0"  # from its metadata, not imported
+    status, reply = agent(py36_python, root, "probe", "--imports")
+    assert status == 0 and reply["result"]["import_errors"] == {} and reply["result"]["runtimes"] == ["onnxruntime"]
+    assert reply["result"]["modules"]["onnxruntime"] == {"version": "1.10.0", "providers": ["CPUExecutionProvider"]}
     status, reply = agent(py36_python, root, "build", "--runtime", "tensorrt", "--name", "lpd", "--version", "v1")
     assert status == 1 and reply["error"].startswith("no TensorRT on this device")
     status, reply = agent(py36_python, root, "build", "--name", "lpd", "--version", "v1")

@@ -3,11 +3,16 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from agent_common import AgentError
 from agent_package import load_expected, load_labels, load_model_json, package_digest
-from agent_probe import parse_l4t, parse_ldd, parse_nvpmodel, parse_version_header, probe, scan_library
+from agent_probe import (UNKNOWN, installed_version, metadata_version, parse_l4t, parse_ldd, parse_nvpmodel,
+                         parse_version_header, probe, scan_library)
+
+from tests.device.conftest import AGENT_DIR
 
 
 @pytest.fixture
@@ -105,6 +110,52 @@ def test_probe_reports_absent_things_as_null(tmp_path):
     for key in ("l4t", "tensorrt", "nvinfer_plugin", "power_mode"):  # not a Jetson: null, not a crash
         assert report[key] is None, key
     assert report["tools"] == {"trtexec": None, "tao-converter": None}
+
+
+def test_module_versions_come_from_install_metadata_without_importing(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    for name in ("numpy-1.13.3.egg-info", "opencv_python_headless-4.5.4.60.dist-info",
+                 "onnxruntime_gpu-1.10.0.dist-info", "tensorrt-8.2.1.8.dist-info"):
+        (site / name).mkdir(parents=True)  # apt egg-info, pip wheels, JetPack's bindings
+    assert metadata_version(str(site), "numpy") == "1.13.3"
+    assert metadata_version(str(site), "cv2") == "4.5.4.60"
+    assert metadata_version(str(site), "onnxruntime") == "1.10.0"
+    assert metadata_version(str(site), "tensorrt") == "8.2.1.8"
+    assert metadata_version(str(site), "pycuda") is None
+    assert metadata_version(str(site / "pycuda-2019.1.2-py3.6-linux-aarch64.egg"), "pycuda") == "2019.1.2"
+
+    # A module that would crash if run is still found and versioned; one without metadata is UNKNOWN.
+    (site / "crashmod").mkdir()
+    (site / "crashmod" / "__init__.py").write_text("raise RuntimeError('CUDA driver missing')\n")
+    (site / "crashmod-2.0.dist-info").mkdir()
+    (site / "bare_ext.py").write_text("raise RuntimeError('never run')\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert installed_version("crashmod") == "2.0" and "crashmod" not in sys.modules
+    assert installed_version("bare_ext") == UNKNOWN and installed_version("no_such_module_here") is None
+
+
+def test_probe_imports_nothing_unless_asked_and_then_reports_broken_modules(tmp_path):
+    site = tmp_path / "site"
+    (site / "pycuda").mkdir(parents=True)
+    (site / "pycuda" / "__init__.py").write_text("raise RuntimeError('cuInit failed: no CUDA-capable device')\n")
+    (site / "pycuda-2020.1.dist-info").mkdir()
+    script = ("import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import agent_probe as a; "
+              "r = a.probe(sys.argv[3], imports=sys.argv[4] == '1'); "
+              "r['loaded'] = sorted(m for m in ('numpy', 'cv2', 'onnxruntime', 'pycuda') if m in sys.modules); "
+              "print(json.dumps(r))")
+
+    def run(imports):
+        out = subprocess.run([sys.executable, "-c", script, str(AGENT_DIR), str(site), str(tmp_path), imports],
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        return json.loads(out)
+
+    light = run("0")
+    assert light["loaded"] == [] and light["imports_checked"] is False and "import_errors" not in light
+    assert light["modules"]["pycuda"] == "2020.1" and light["modules"]["onnxruntime"]["version"]
+    deep = run("1")
+    assert deep["loaded"] == ["cv2", "numpy", "onnxruntime"] and deep["modules"]["pycuda"] is None
+    assert deep["import_errors"] == {"pycuda": "RuntimeError: cuInit failed: no CUDA-capable device"}
+    assert deep["modules"]["onnxruntime"]["providers"] and deep["runtimes"] == ["onnxruntime"]
 
 
 def test_plugin_creators_are_found_in_the_library_bytes(tmp_path):

@@ -2,10 +2,17 @@
 
 Every probe is independent and returns None when the thing is absent or unreadable: a Nano without pycuda, a
 dev box without /etc/nv_tegra_release or a container without nvpmodel still gets a full report, never a crash.
+
+The probe reads files; it imports nothing by default. Importing numpy, OpenCV and onnxruntime costs 0.3-0.5 CPU s
+on an x86 core and seconds on a Nano's A57, and `import tensorrt` maps libnvinfer onto a device that is busy
+serving; every rollout probes every device. Python modules are found with importlib's finder and versioned from
+their install metadata. A module that is installed but broken fails later in `build`/`smoke`, which import it for
+real and say why; `probe --imports` (what `taoflow device doctor` runs) imports each one and reports the error.
 """
 
 import glob
 import hashlib
+import importlib.util
 import os
 import platform
 import re
@@ -76,17 +83,24 @@ def parse_version_header(text, prefix):
     return ".".join(parts)
 
 
-def tensorrt_version():
-    try:
-        import tensorrt
-        return tensorrt.__version__
-    except Exception:  # ImportError, or a broken install raising anything while loading libnvinfer
-        pass
+def tensorrt_version(imports=False):
+    """TensorRT's version from its header or the library's file name (both ship with JetPack), else the Python
+    bindings' metadata (a pip wheel on a dev box bundles its own libraries); `imports` asks the bindings."""
+    if imports:
+        try:
+            import tensorrt
+            return tensorrt.__version__
+        except Exception:  # ImportError, or a broken install raising anything while loading libnvinfer
+            pass
     for d in INCLUDE_DIRS:
         v = parse_version_header(_read(os.path.join(d, "NvInferVersion.h")), "NV_TENSORRT_")
         if v:
             return v
-    return _lib_version("libnvinfer.so.")
+    v = _lib_version("libnvinfer.so.")
+    if v or imports:
+        return v
+    v = installed_version("tensorrt")
+    return v if v and v != UNKNOWN else None
 
 
 def _lib_version(stem):
@@ -203,20 +217,77 @@ def disk(root):
             "total_mb": st.f_blocks * st.f_frsize // (1 << 20)}
 
 
-def module_version(name):
+# Distribution names a module is published under (metadata dir names, normalised to lower case and '_').
+DISTRIBUTIONS = {"numpy": ("numpy",), "pycuda": ("pycuda",), "tensorrt": ("tensorrt",),
+                 "onnxruntime": ("onnxruntime", "onnxruntime_gpu"),
+                 "cv2": ("opencv_python", "opencv_python_headless", "opencv_contrib_python",
+                         "opencv_contrib_python_headless")}
+UNKNOWN = "unknown"  # installed without metadata: JetPack's apt OpenCV, a source build copied into place
+_META_RE = re.compile(r"^(.+?)-(\d[^-]*?)(?:-py\d.*)?\.(?:dist-info|egg-info|egg)$")
+
+
+def _normalise(name):
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def metadata_version(location, name):
+    """Version in the name of `name`'s .dist-info/.egg-info directory (or .egg) inside one sys.path entry."""
+    dists = DISTRIBUTIONS.get(name, (name,))
+    candidates = [os.path.basename(location)]  # a module inside pycuda-2019.1.2-py3.6-linux-aarch64.egg/
+    try:
+        candidates += sorted(os.listdir(location))
+    except OSError:
+        pass
+    for entry in candidates:
+        m = _META_RE.match(entry)
+        if m and _normalise(m.group(1)) in dists:
+            return m.group(2)
+    return None
+
+
+def installed_version(name):
+    """Version of an importable top-level module, found without running it: UNKNOWN when it has no metadata,
+    None when the interpreter would not find it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package: its directory sits in the sys.path entry
+        where = list(spec.submodule_search_locations)[0]
+    elif spec.origin:  # a single-file extension module such as cv2.cpython-36m-aarch64-linux-gnu.so
+        where = spec.origin
+    else:
+        return UNKNOWN
+    return metadata_version(os.path.dirname(os.path.abspath(where)), name) or UNKNOWN
+
+
+def imported_version(name, errors):
+    """Version of a module that really imports; its error goes into `errors` when it is installed but broken."""
     try:
         module = __import__(name)
-    except Exception:  # pycuda raises non-ImportErrors when the CUDA driver is missing
+    except Exception as e:  # pycuda raises non-ImportErrors when the CUDA driver is missing
+        if installed_version(name) is not None:
+            errors[name] = "{}: {}".format(type(e).__name__, e)
         return None
-    return getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None) or "unknown"
+    return getattr(module, "__version__", None) or getattr(module, "VERSION_TEXT", None) or UNKNOWN
 
 
-def onnxruntime_info():
-    try:
+def module_version(name, errors=None):
+    """installed_version, or imported_version when `errors` (a dict) is given."""
+    return installed_version(name) if errors is None else imported_version(name, errors)
+
+
+def onnxruntime_info(errors=None):
+    version = module_version("onnxruntime", errors)
+    if version is None:
+        return None
+    info = {"version": version}
+    if errors is not None:  # imported: it can say which execution providers this build has
         import onnxruntime
-    except Exception:
-        return None
-    return {"version": onnxruntime.__version__, "providers": list(onnxruntime.get_available_providers())}
+        info["providers"] = list(onnxruntime.get_available_providers())
+    return info
 
 
 def tool_path(name, extra, root):
@@ -263,13 +334,16 @@ def installed_models(root):
     return found
 
 
-def probe(root):
-    trt = tensorrt_version()
-    ort = onnxruntime_info()
-    runtimes = (["tensorrt"] if trt and module_version("pycuda") else []) + (["onnxruntime"] if ort else [])
+def probe(root, imports=False):
+    """The device report; with `imports`, modules count only if they import, and `import_errors` says why not."""
+    errors = {} if imports else None
+    trt = tensorrt_version(imports)
+    ort = onnxruntime_info(errors)
+    pycuda = module_version("pycuda", errors)
+    runtimes = (["tensorrt"] if trt and pycuda else []) + (["onnxruntime"] if ort else [])
     tools = {"trtexec": tool_path("trtexec", TRTEXEC_PATHS, root),
              "tao-converter": tool_path("tao-converter", [], root)}
-    return {
+    report = {
         "l4t": parse_l4t(_read("/etc/nv_tegra_release")),
         "tensorrt": trt,
         "cuda": cuda_version(),
@@ -281,11 +355,15 @@ def probe(root):
         "disk": disk(root),
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "machine": platform.machine(),
-        "modules": {"numpy": module_version("numpy"), "cv2": module_version("cv2"),
-                    "tensorrt": module_version("tensorrt") if trt else None,
-                    "pycuda": module_version("pycuda"), "onnxruntime": ort},
+        "modules": {"numpy": module_version("numpy", errors), "cv2": module_version("cv2", errors),
+                    "tensorrt": module_version("tensorrt", errors) if trt else None,
+                    "pycuda": pycuda, "onnxruntime": ort},
         "tools": tools,
         "tool_links": tool_links(tools),
         "runtimes": runtimes,
         "models": installed_models(root),
+        "imports_checked": imports,
     }
+    if imports:
+        report["import_errors"] = errors
+    return report

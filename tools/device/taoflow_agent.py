@@ -52,7 +52,7 @@ def _package(args):
 def run(args):
     if args.command == "probe":
         import agent_probe
-        return agent_probe.probe(args.root)
+        return agent_probe.probe(args.root, args.imports)
     if args.command == "build":
         import agent_build
         return agent_build.build(args.root, _package(args), args.runtime, args.max_batch, args.workspace_mb,
@@ -99,7 +99,8 @@ def build_parser():
     parser.add_argument("--root", default=default_root, help="device root (default: the agent's parent dir)")
     sub = parser.add_subparsers(dest="command")
     sub.required = True  # Python 3.6 has no required= on add_subparsers
-    sub.add_parser("probe")
+    sub.add_parser("probe").add_argument("--imports", action="store_true",
+                                         help="import each Python module (slower): report the ones that fail")
     for name in ("build", "smoke"):
         p = sub.add_parser(name)
         p.add_argument("--package", help="package directory (default: staging/<name>/<version>)")
