@@ -15,11 +15,12 @@ from taoflow.store import digest
 
 
 @task(name="package")
-def make_package(export_dir, sample_images, passport, dest):
-    """Model + samples/expected.json computed on the host; the same package goes to every device."""
+def make_package(export_dir, sample_images, passport, dest, reference_labels=None):
+    """Model + samples/expected.json (computed on the host, or TAO's inference labels for TAO's own export); the
+    same package goes to every device."""
     if Path(dest, "model.json").exists():
         return str(dest)  # packages are content-addressed by their export (dest includes the export key)
-    build_package(export_dir, dest, sample_images, passport=passport)
+    build_package(export_dir, dest, sample_images, passport=passport, reference_labels=reference_labels)
     return str(dest)
 
 
@@ -39,12 +40,17 @@ def run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_
 @flow(name="deploy-ssd", log_prints=True)
 def deploy_ssd(export_dir: str, inventory: str, sample_images: str, model_name: str = "ssd",
                passport: Optional[dict] = None, devices: Optional[list[str]] = None, tags: Optional[list[str]] = None,
-               wave_size: int = 8, abort_threshold: float = 0.25, workspace: str = "workspace") -> dict:
+               wave_size: int = 8, abort_threshold: float = 0.25, workspace: str = "workspace",
+               reference_labels: Optional[str] = None) -> dict:
+    """`reference_labels`: the labels/ TAO's `ssd inference` wrote for `sample_images` with the exported model,
+    needed for TAO's own export (only TensorRT runs it); a native export's detections are computed on the host."""
     export_dir = Path(export_dir).resolve()
-    # the export dir's name is its content key; samples and passport are part of the package too
+    # the export dir's name is its content key; samples, passport and reference labels are part of the package
     samples = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(sample_images)]
-    dest = Path(workspace).resolve() / "packages" / f"{export_dir.name}-{digest([samples, passport])[:12]}"
-    package = make_package(str(export_dir), sample_images, passport, dest)
+    labels = sorted((str(p), p.stat().st_mtime_ns) for p in Path(reference_labels).glob("*.txt")) \
+        if reference_labels else None
+    dest = Path(workspace).resolve() / "packages" / f"{export_dir.name}-{digest([samples, passport, labels])[:12]}"
+    package = make_package(str(export_dir), sample_images, passport, dest, reference_labels)
     report, table, summary = run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold)
     create_table_artifact(table, key="fleet", description=summary)
     create_markdown_artifact(f"# deploy-ssd\n\n{summary}\n", key="deploy-ssd-summary")

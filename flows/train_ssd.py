@@ -224,9 +224,12 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         elif deploy_inventory:
             from flows.deploy_ssd import deploy_ssd
             val_images = Path(stages["split"]["path"]) / "out" / "val" / "image"
+            # TAO's inference labels of the val images: the smoke expectations for TAO's own export (a native
+            # export's are computed on the host from the exported model itself)
             deployed = deploy_ssd(export_dir=stages["export"]["path"], inventory=deploy_inventory,
                                   sample_images=str(val_images), model_name=model_name, passport=passport,
-                                  tags=deploy_tags, workspace=str(ws))
+                                  tags=deploy_tags, workspace=str(ws),
+                                  reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"))
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},

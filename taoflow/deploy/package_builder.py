@@ -1,13 +1,17 @@
-"""Build a deployable model package (docs/model-package.md) from a native export directory.
+"""Build a deployable model package (docs/model-package.md) from an export directory.
 
-export dir (model.onnx, model.json, labels.txt, optionally nvinfer_config.txt and cal.bin) + candidate sample
+export dir (the model, model.json, labels.txt, optionally nvinfer_config.txt and cal.bin) + candidate sample
 images + a passport -> a package directory with samples/ and samples/expected.json, written atomically.
 
-expected.json holds the detections the host computes with the exported ONNX through ONNX Runtime: what a correct
-device must reproduce. They are computed the way the device computes them (model.json's preprocessing, TensorRT
-NMS-plugin semantics with the package's own nms settings, the plugin's output layout, boxes in original-image
-pixels) but by the host's implementation (taoflow.backends.native.nms), not by the agent's code: a bug on either
-side then fails the smoke test instead of being copied into the expectation.
+expected.json holds what a correct device must reproduce on the samples:
+- a native export (output kind `decoded`): the detections the host computes with the exported ONNX through ONNX
+  Runtime, the way the device computes them (model.json's preprocessing, TensorRT NMS-plugin semantics with the
+  package's own nms settings, the plugin's output layout, boxes in original-image pixels) but by the host's
+  implementation (taoflow.backends.native.nms), not by the agent's code: a bug on either side then fails the
+  smoke test instead of being copied into the expectation;
+- TAO's own export (output kind `tao_nms`: NMS is a TensorRT plugin, and a .etlt is encrypted, so nothing on the
+  host runs it): the detections TAO's `ssd inference` wrote for those images as KITTI label files, from the
+  model that was exported (`reference_labels`).
 """
 
 import json
@@ -40,20 +44,24 @@ def read_export(export_dir):
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if any(export_dir.glob("*.etlt")) or any(export_dir.glob("*.onnx")):
-            # TAO's own export (backend "tao"): an encrypted .etlt, or an ONNX graph with TensorRT's NMS plugin
-            raise DeployError("no model.json: this looks like TAO's own export, which only TensorRT can run; the "
-                              "host cannot compute the expected smoke-test detections for it yet. Deploy a native "
-                              "export (`taoflow-ssd export ... --gen_ds_config`, or train-ssd with backend='native')",
-                              path=path) from None
+            # TAO's own export made outside taoflow: taoflow's TAO backend writes model.json beside it
+            raise DeployError("no model.json: this looks like TAO's own export; write it with `python -m "
+                              "taoflow.backends.tao.model_json -e SPEC -m MODEL` (taoflow's TAO backend does so "
+                              "on export)", path=path) from None
         raise DeployError("no model.json: export with `taoflow-ssd export ... --gen_ds_config`", path=path) from None
     except json.JSONDecodeError as e:
         raise DeployError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DeployError(f"not a {FORMAT} model.json", path=path)
-    model_file = meta.get("model_file", "")
-    if not str(model_file).endswith(".onnx") or (meta.get("output") or {}).get("kind") != "decoded":
-        raise DeployError(f"the host computes expected detections for taoflow's ONNX exports (model_file *.onnx, "
-                          f"output kind 'decoded'), not {model_file!r}", path=path)
+    model_file, kind = str(meta.get("model_file", "")), (meta.get("output") or {}).get("kind")
+    if kind == "decoded" and not model_file.endswith(".onnx"):
+        raise DeployError(f"output kind 'decoded' is taoflow's ONNX export; model_file {model_file!r} is not .onnx",
+                          path=path)
+    if kind == "tao_nms" and not model_file.endswith((".onnx", ".etlt")):
+        raise DeployError(f"output kind 'tao_nms' is TAO's .onnx or .etlt export, not {model_file!r}", path=path)
+    if kind not in ("decoded", "tao_nms"):
+        raise DeployError(f"output kind {kind!r}: model packages hold 'decoded' (taoflow) or 'tao_nms' (TAO) "
+                          f"models", path=path)
     if not (export_dir / model_file).is_file():
         raise DeployError(f"model_file {model_file} is not in {export_dir}", path=path)
     labels_path = export_dir / "labels.txt"
@@ -121,6 +129,45 @@ class HostModel:
         return found
 
 
+def read_kitti_detections(path, classes):
+    """TAO `ssd inference` label file -> detections: `<class> 0 0 0 x1 y1 x2 y2 0 0 0 0 0 0 0 <confidence>` per
+    line, boxes in original-image pixels (the contract doc §5)."""
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 16:
+            raise DeployError(f"a TAO inference label line has 16 fields (class, 14 KITTI values, confidence); "
+                              f"this one has {len(fields)}", path=path, line=number)
+        if fields[0] not in classes:
+            raise DeployError(f"class {fields[0]!r} is not one of the model's classes {classes}", path=path,
+                              line=number)
+        try:
+            box, confidence = [float(v) for v in fields[4:8]], float(fields[15])
+        except ValueError:
+            raise DeployError("box and confidence must be numbers", path=path, line=number) from None
+        found.append({"label": fields[0], "confidence": round(confidence, 4), "box": [round(v, 2) for v in box]})
+    return sorted(found, key=lambda d: -d["confidence"])
+
+
+def reference_detections(candidates, labels_dir, classes):
+    """{image name: detections} from TAO's inference labels for the candidates that have a label file (TAO writes
+    one per image it ran; an image without one was not run and proves nothing)."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise DeployError(f"reference label directory {labels_dir} not found")
+    found = {}
+    for path, _ in candidates:
+        label = labels_dir / f"{path.stem}.txt"
+        if label.is_file():
+            found[path.name] = read_kitti_detections(label, classes)
+    if not found:
+        raise DeployError(f"no label file in {labels_dir} matches a sample image (TAO's inference writes "
+                          f"<image stem>.txt per image)")
+    return found
+
+
 def list_images(images):
     """Candidate sample images: a directory's .jpg/.jpeg/.png files, or a list of files; sorted by name."""
     if isinstance(images, (str, Path)):
@@ -173,15 +220,27 @@ def expected_text(expected):
 
 
 def build_package(export_dir, dest, images, *, passport=None, count=8, score_threshold=0.3, iou_threshold=0.5,
-                  max_candidates=64, replace=False):
+                  max_candidates=64, replace=False, reference_labels=None, reference_threshold=0.3):
     """Write a model package to `dest` and return it loaded (taoflow.deploy.Package).
 
     `images`: a directory (e.g. the validation images) or a list of image files; up to `max_candidates` of them,
     spread over the sorted list, are run on the host and `count` become samples/. `passport`: the dict the
     pipeline made (content keys from raw data to this export), written as passport.json.
+    `reference_labels`: for TAO's own export, the `labels/` directory TAO's `ssd inference` wrote for these images
+    with the exported model, at `reference_threshold` (its -t); ignored for a native export, which the host runs.
     """
     export_dir = Path(export_dir)
     meta = read_export(export_dir)
+    tao = meta["output"]["kind"] == "tao_nms"
+    if tao and reference_labels is None:
+        raise DeployError(f"{export_dir / meta['model_file']} is TAO's export, which only TensorRT runs: give the "
+                          f"labels TAO's `ssd inference` wrote for the sample images (reference_labels)")
+    if tao and score_threshold < reference_threshold + RECORD_MARGIN:
+        # expected.json must hold detections down to score_threshold - RECORD_MARGIN, and TAO wrote none below
+        # its own threshold
+        log.info("score threshold %.2f -> %.2f: TAO's inference labels stop at %.2f", score_threshold,
+                 reference_threshold + RECORD_MARGIN, reference_threshold)
+        score_threshold = round(reference_threshold + RECORD_MARGIN, 4)
     if passport is not None and not isinstance(passport, dict):
         raise DeployError(f"passport must be a dict, not {type(passport).__name__}")
     if count < 1 or not 0 <= score_threshold <= 1 or not 0 < iou_threshold <= 1:
@@ -195,8 +254,13 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
         candidates.append((path, image))
     if not candidates:
         raise DeployError(f"none of the sample images in {images} could be read")
-    model = HostModel(export_dir / meta["model_file"], meta)
-    detections = model.detect([(p.name, im) for p, im in candidates], max(0.0, score_threshold - RECORD_MARGIN))
+    if tao:
+        detections = reference_detections(candidates, reference_labels, list(meta["classes"]))
+        host = {"runtime": "tao ssd inference", "threshold": reference_threshold}
+    else:
+        model = HostModel(export_dir / meta["model_file"], meta)
+        detections = model.detect([(p.name, im) for p, im in candidates], max(0.0, score_threshold - RECORD_MARGIN))
+        host = {"runtime": "onnxruntime", "runtime_version": model.version}
     chosen = pick_samples(detections, count, score_threshold)
     if not any(d["confidence"] > score_threshold for n in chosen for d in detections[n]):
         log.warning("no sample image has a host detection above %s: the smoke test will only prove that the "
@@ -204,8 +268,7 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     by_name = {p.name: p for p, _ in candidates}
     expected = {"iou_threshold": iou_threshold, "score_threshold": score_threshold,
                 "images": {name: detections[name] for name in chosen},
-                "host": {"runtime": "onnxruntime", "runtime_version": model.version,
-                         "model_sha256": sha256_file(export_dir / meta["model_file"])}}
+                "host": dict(host, model_sha256=sha256_file(export_dir / meta["model_file"]))}
     with atomic_dir(dest, replace=replace) as tmp:
         for name in (meta["model_file"], "model.json", "labels.txt") + OPTIONAL_FILES:
             if (export_dir / name).is_file():

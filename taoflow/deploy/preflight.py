@@ -18,6 +18,7 @@ MIN_BUILD_MEMORY_MB = 600  # the agent's own floor (tools/device/agent_build.py)
 DISK_MARGIN_MB = 32
 INT8_MIN_CC = (6, 1)  # TensorRT INT8 needs Pascal (6.1) or newer; the Nano's Maxwell GPU is 5.3
 ETLT_PLUGINS = ("NMS_TRT", "BatchTilePlugin_TRT")  # a TAO SSD .etlt graph uses both (TRT-OSS on JetPack 4)
+PLUGIN_SUFFIX = "_TRT"  # TensorRT plugin creators' names, as ONNX op types of TAO's exported graphs
 # ONNX operators the TensorRT parser gained in each release (onnx-tensorrt docs/Changelog.md); trt_ops.py's list
 # is TensorRT 8.4's, so an older TensorRT lacks the operators added after it.
 TRT_OPS_ADDED = {
@@ -136,16 +137,20 @@ def _tensorrt_problems(probe, package, needs_plugins):
                             f"GPU, sm_53, has no INT8 in TensorRT); deploy an fp16 export")
         elif not (package.path / "cal.bin").is_file():
             problems.append("an INT8 package needs its calibration cache cal.bin")
-    if needs_plugins:
-        found = (probe.get("nvinfer_plugin") or {}).get("plugins")
-        missing = [p for p in ETLT_PLUGINS if found is not None and p not in found]
-        if probe.get("nvinfer_plugin") is None or missing:
-            problems.append(f"libnvinfer_plugin lacks {', '.join(missing or ETLT_PLUGINS)}: build the TensorRT OSS "
-                            f"plugins for TensorRT {trt} and replace the library")
     facts = model_facts(package)
+    # TAO 5's ONNX ends in an NMSDynamic_TRT node, which the parser hands to the plugin of that name; a .etlt
+    # cannot be read here, and TAO 3/4's UFF graphs use NMS_TRT and BatchTilePlugin_TRT
+    plugin_ops = sorted(op for op in facts[0] if op.endswith(PLUGIN_SUFFIX)) if facts is not None else []
+    if needs_plugins:
+        wanted = plugin_ops if facts is not None else list(ETLT_PLUGINS)
+        found = (probe.get("nvinfer_plugin") or {}).get("plugins")
+        missing = [p for p in wanted if found is not None and p not in found]
+        if probe.get("nvinfer_plugin") is None or missing:
+            problems.append(f"libnvinfer_plugin lacks {', '.join(missing or wanted)}: build the TensorRT OSS "
+                            f"plugins for TensorRT {trt} and replace the library")
     if facts is not None:
         ops, opset, _ = facts
-        lacking = sorted(ops - trt_supported_ops(trt))
+        lacking = sorted(ops - trt_supported_ops(trt) - set(plugin_ops if needs_plugins else []))
         if lacking:
             problems.append(f"TensorRT {trt}'s ONNX parser does not support {', '.join(lacking)}")
         if opset is not None and opset > trt_max_opset(trt):

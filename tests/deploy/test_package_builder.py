@@ -65,7 +65,7 @@ def test_package_is_written_atomically_and_never_overwritten(selftest_export, tm
     (lambda d: (d / "model.json").unlink(), "looks like TAO's own export"),
     (lambda d: (d / "labels.txt").write_text("background\nplate\ncar\n"), "disagrees with model.json classes"),
     (lambda d: (d / "model.json").write_text(json.dumps({**json.loads((d / "model.json").read_text()),
-                                                         "model_file": "model.etlt"})), "not 'model.etlt'"),
+                                                         "model_file": "model.etlt"})), "'model.etlt' is not .onnx"),
     (lambda d: (d / "model.json").write_text("{\n  oops"), "invalid JSON"),
 ])
 def test_bad_exports_are_refused_with_the_file(selftest_export, tmp_path, mutate, message):

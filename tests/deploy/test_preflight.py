@@ -109,3 +109,20 @@ def test_canary_is_tagged_then_roomiest_among_those_that_can_build(selftest_pack
     assert choose_canary(["a", "b", "c"], probes, package, tags={"a": ("canary",)})[0] == "a"
     canary, problems = choose_canary(["c"], probes, package)
     assert canary is None and problems["c"][0].startswith("trtexec not found")
+
+
+def test_tao5_onnx_needs_the_nms_plugin_it_names_not_parser_support(variant):
+    """TAO 5's ONNX ends in an NMSDynamic_TRT node: the parser hands it to that plugin, so the device's plugin
+    library must have that creator; the node is not an op the parser lacks, and no BatchTile is needed."""
+    tao = variant({"output": {"kind": "tao_nms"}}, {"model.onnx": lambda p: tiny_onnx(p, op="NMSDynamic_TRT")})
+    assert device_problems(cpu_device(), tao) == [
+        "a TAO NMS-plugin model needs TensorRT with pycuda; the device has onnxruntime"]
+    assert device_problems(ready_nano(), tao) == [  # JetPack 4's stock-like library: NMS_TRT only
+        "libnvinfer_plugin lacks NMSDynamic_TRT: build the TensorRT OSS plugins for TensorRT 8.2.1 and replace "
+        "the library"]
+    oss = ready_nano()
+    oss["nvinfer_plugin"]["plugins"] = ["NMSDynamic_TRT", "NMS_TRT"]
+    assert device_problems(oss, tao) == [] and build_problems(oss, tao) == []
+    # in a native (decoded) export the same node would be an op the parser does not know
+    odd = variant(None, {"model.onnx": lambda p: tiny_onnx(p, op="NMSDynamic_TRT")})
+    assert device_problems(oss, odd) == ["TensorRT 8.2.1's ONNX parser does not support NMSDynamic_TRT"]

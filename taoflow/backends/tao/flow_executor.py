@@ -17,6 +17,7 @@ from pathlib import Path
 from ...errors import TaoflowError
 from .executor import TaoConfig, TaoExecutor
 from .launcher import TAO5
+from .model_json import write_tao_model_json
 from .steps import EvaluateRequest, ExportRequest, InferenceRequest, PruneRequest, TrainRequest
 
 
@@ -92,6 +93,8 @@ class TaoFlowExecutor:
         for kind in ("model_json", "labels", "nvinfer_config", "cal_cache", "cal_data_file"):
             if getattr(result, kind) is not None:
                 written[kind] = str(getattr(result, kind))
+        if "model_json" not in written:  # what a device needs to run it, as the native export describes its own
+            written["model_json"] = str(write_tao_model_json(spec_path, result.model_file, precision, model_path))
         return written
 
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):

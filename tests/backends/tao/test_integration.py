@@ -3,6 +3,7 @@ the `ssd` stand-in on a test-only PATH recording what the launcher actually ran.
 
 import dataclasses
 import json
+from pathlib import Path
 import os
 import shlex
 
@@ -213,3 +214,25 @@ def test_missing_input_is_reported_before_launching(setup, tmp_path):
         make(TAO5, tmp_path / "run").run(EvaluateRequest(model=data_root / "nope.hdf5",
                                                          spec=SPECS / "ssd_train_resnet18_crpd.txt"))
     assert not record.exists()
+
+
+@pytest.mark.parametrize("generation, suffix", [(TAO5, ".onnx"), (TAO4, ".etlt")])
+def test_the_flow_executors_export_is_described_for_deploy(setup, tmp_path, tao_launchers, generation, suffix):
+    """TAO writes the model and the DeepStream files; taoflow adds the model.json the deploy stage packages."""
+    from taoflow.backends.tao.flow_executor import TaoFlowExecutor
+
+    from taoflow.spec import load_experiment, render, rewrite_paths
+
+    make, data_root, _ = setup
+    config = make(generation, tmp_path / "run").config
+    spec = tmp_path / "spec.txt"  # absolute paths, as the flow renders them
+    raw = load_experiment(SPECS / "ssd_retrain_resnet18_crpd.txt", task="any").raw
+    spec.write_text(render(rewrite_paths(raw, lambda _field, value: str(data_root / value))))
+    written = TaoFlowExecutor(config).export(spec, data_root / "models/resnet18.hdf5",
+                                             tmp_path / "run/export/model.onnx", "fp16")
+    model = Path(written["onnx" if suffix == ".onnx" else "etlt"])
+    assert model.suffix == suffix and Path(written["labels"]).read_text() == "background\nlpd\n"
+    meta = json.loads(Path(written["model_json"]).read_text())
+    assert meta["model_file"] == model.name and meta["output"] == {"kind": "tao_nms"}
+    assert meta["precision"] == "fp16" and meta["classes"] == ["lpd"]
+    assert meta["source"]["checkpoint"] == str(data_root / "models/resnet18.hdf5")

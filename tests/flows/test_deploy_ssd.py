@@ -1,0 +1,31 @@
+"""The deploy-ssd flow with TAO's own export: packaged from TAO's inference labels through the flow's parameters,
+then refused by the simulated Nano, which has ONNX Runtime but no TensorRT, with the reason in the fleet table."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.test_tao_package import inference_output, kitti, tao_export
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_tao_export_is_packaged_from_taos_labels_and_refused_where_tensorrt_is_missing(prefect_home, tmp_path):
+    from flows.deploy_ssd import deploy_ssd
+    from taoflow.deploy.simulator import SimulatedNano
+
+    export = tao_export(tmp_path)
+    images, labels = inference_output(tmp_path, {"a": [kitti("lpd", (10, 20, 60, 40), 0.9)], "b": []})
+    ws = tmp_path / "ws"
+    with SimulatedNano(ws) as nano:
+        inventory = nano.start()
+        result = deploy_ssd(export_dir=str(export), inventory=str(inventory), sample_images=str(images),
+                            reference_labels=str(labels), model_name="lpd-tao", workspace=str(ws))
+    assert not result["ok"]
+    [device] = result["devices"]
+    assert device["status"] == "refused" and device["current"] is None
+    assert "a TAO NMS-plugin model needs TensorRT with pycuda; the device has onnxruntime" in device["error"]
+    expected = json.loads((Path(result["package"]) / "samples" / "expected.json").read_text())
+    assert expected["host"]["runtime"] == "tao ssd inference" and sorted(expected["images"]) == ["a.jpg", "b.jpg"]
+    assert not list((nano.root / "staging").rglob("model.onnx"))  # refused before anything was sent
