@@ -8,8 +8,7 @@ Per engine-key group (devices that can share one built engine, fleet.engine_key)
    (compare_detections: same label, IoU, and confidence within a tolerance) before the switch. A failed canary
    stops its group only: the package is wrong for that engine key, not necessarily for the others. Meanwhile
    the package is staged on the group's other devices (an engine build on a Nano takes minutes; uploads to
-   dozens of devices need not wait for it), each keeping that connection open for its wave; copies staged on
-   devices that end up not deployed are discarded;
+   dozens of devices need not wait for it); copies staged on devices that end up not deployed are discarded;
 3. TensorRT groups: the canary's engine is fetched and shipped to the rest, which never build (builds =
    groups); ONNX Runtime groups skip the build on the rest (the canary's build only proved the model loads);
 4. waves of `wave_size` devices: ship (+ engine), smoke (proves the engine loads and is right on that device),
@@ -17,6 +16,9 @@ Per engine-key group (devices that can share one built engine, fleet.engine_key)
    afterwards confirms it (a connection lost during `activate` could have switched without a reply).
    When more than `abort_threshold` of a wave's devices fail, the rollout stops: no group starts another wave,
    and every device this rollout switched, in every group, is reverted to its previous version.
+
+Each device is connected to once: the connection its probe opened serves its staging, build, smoke test and
+switch (an SSH handshake and login cost CPU on both ends, the host's in its one event-loop thread).
 
 A device without any model of this name before the rollout (`previous` None) has nothing to fall back to. If the
 rollout aborts after switching it, the revert removes its `current` (agent `revert`): it is returned to exactly the
