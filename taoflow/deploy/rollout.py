@@ -155,7 +155,6 @@ class _Rollout:
         ok = {n: p for n, p in probes.items() if n in self.by_name and not isinstance(p, Exception)}
         groups = group_by_engine_key(ok, self.package)
         await asyncio.gather(*(self.run_group(g, ok) for g in groups.values()))
-        await asyncio.gather(*(self.release(n) for n in list(self.sessions)))  # devices left out of every group
         if self.abort.is_set():
             await self.revert_switched()
             for g in self.report.groups.values():
@@ -365,7 +364,7 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
             if probes is None:
                 probes = await run.probe_all(devices)
             await run.run(probes)
-        finally:
+        finally:  # groups release their devices' sessions; anything still open here was cut short
             await asyncio.gather(*(run.release(n, abort=True) for n in list(run.sessions)))
     run.report.seconds = round(time.monotonic() - started, 3)
     return run.report
