@@ -31,31 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from taoflow.deploy import load_inventory, load_package, rollout  # noqa: E402
 from taoflow.deploy.selftest import write_selftest_package  # noqa: E402
-from tests.deploy.sshd import SimFleet, keygen  # noqa: E402
+from taoflow.deploy.simulator import SimFleet, keygen  # noqa: E402
 from tests.device.support import ensure_py36_venv  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_tree_cpu(pid):
-    """CPU seconds of a process and of its children it has reaped (Linux /proc/PID/stat fields 14-17)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / TICK
-
-
 def run(base, client_key, pythons, package, concurrency):
-    sims = SimFleet(base, client_key)
+    sims = SimFleet(base, client_key, kind="openssh")  # per-device CPU comes from each sshd's accounting
     try:
         for i in range(len(pythons)):
             sims.add(f"sim-{i:02d}")
         devices = load_inventory(sims.write_inventory(pythons)).devices
-        idle = {s.name: process_tree_cpu(s.proc.pid) for s in sims.devices}
+        idle = {s.name: s.cpu_seconds() for s in sims.devices}
         started, cpu = time.perf_counter(), time.process_time()
         report = rollout(devices, package, name="bench", wave_size=concurrency, concurrency=concurrency,
                          smoke_iterations=5)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         time.sleep(0.5)  # closed sessions' sshd processes exit and are reaped by their listener
-        device_cpu = {s.name: process_tree_cpu(s.proc.pid) - idle[s.name] for s in sims.devices}
+        device_cpu = {s.name: s.cpu_seconds() - idle[s.name] for s in sims.devices}
     finally:
         sims.stop()
     if not report.ok:

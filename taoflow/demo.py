@@ -32,9 +32,15 @@ def demo_dataset(workspace, num_images=DEMO_IMAGES, seed=0, workers=None, progre
     return raw
 
 
-def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None, progress=True, map_floor=0.85):
-    """Run train-ssd on the demo data; return a machine-readable summary."""
+def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None, progress=True, map_floor=0.85,
+             device_server="auto"):
+    """Run train-ssd on the demo data; return a machine-readable summary.
+
+    device_server: the simulated Nano's SSH server, "openssh" (the system's sshd), "embedded" (asyncssh inside
+    this process, needs nothing installed) or "auto" (OpenSSH when installed)."""
     t0 = time.time()
+    from .deploy.simulator import SimulatedNano, resolve_server_kind
+    device_server = resolve_server_kind(device_server)  # a bad choice fails before any work
     ws = Path(workspace).resolve()
     ws.mkdir(parents=True, exist_ok=True)
     raw = demo_dataset(ws, num_images, seed, workers, progress)
@@ -47,8 +53,7 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
     sys.path.insert(0, str(SPECS_DIR.parent))
     from flows.train_ssd import train_ssd
 
-    from .deploy.simulator import SimulatedNano
-    with SimulatedNano(ws) as nano:  # a real sshd on 127.0.0.1 standing in for a Jetson Nano
+    with SimulatedNano(ws, kind=device_server) as nano:  # an SSH server on 127.0.0.1 standing in for a Jetson Nano
         inventory = nano.start()
         result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
                            map_floor=map_floor, deploy_inventory=str(inventory), model_name="lpd-demo")
@@ -59,7 +64,8 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
         "stages_run": [k for k, v in result["stages"].items() if not v["cached"]],
         "stages_cached": [k for k, v in result["stages"].items() if v["cached"]],
         "deployed_devices": [d["device"] for d in (result["deployed"] or {}).get("devices", [])
-                             if d["status"] == "deployed"],
+                             if d["status"] in ("deployed", "already_current")],
+        "device_server": device_server,
         "fleet": (result["deployed"] or {}).get("devices", []),
         "wall_seconds": round(time.time() - t0, 1),
         "passport": result["passport"]["id"],
@@ -100,13 +106,16 @@ def add_cli_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-j", "--workers", type=int, default=None, help="parallel processes (default: CPU count)")
     parser.add_argument("--map-floor", type=float, default=0.85, help="quality gate: minimum mAP to deploy")
+    parser.add_argument("--device-server", choices=("auto", "openssh", "embedded"), default="auto",
+                        help="the simulated Nano's SSH server: OpenSSH's sshd, or one embedded in taoflow that needs "
+                             "nothing installed (default auto: OpenSSH when installed)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args):
     summary = run_demo(args.workspace, num_images=args.num_images, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress, map_floor=args.map_floor)
+                       progress=not args.no_progress, map_floor=args.map_floor, device_server=args.device_server)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -115,7 +124,8 @@ def run_cli(args):
           f"gates {'passed' if summary['gates_passed'] else 'FAILED'}, passport {summary['passport']}")
     print(f"  stages run: {', '.join(summary['stages_run']) or 'none (all reused)'}")
     for d in summary["fleet"]:
-        print(f"  device {d['device']}: {d['status']}, current {d['current']}, smoke {d['fps'] or 0:.0f} FPS")
+        print(f"  device {d['device']} ({summary['device_server']} SSH server): {d['status'].replace('_', ' ')}, "
+              f"current {d['current']}, smoke {d['fps'] or 0:.0f} FPS")
     print(f"  report          : {p['report']}")
     print(f"  model           : {p['model']}")
     print(f"  ClearML session : {p['clearml_session']}")

@@ -2,6 +2,8 @@
 
 Device statuses:
   deployed         the new version passed its smoke test on the device and is `current`
+  already_current  the device already ran this version of this package (its agent read `current` and the
+                   installed version's passport: same package digest, smoke test passed); nothing was sent
   rolled_back      it was switched, then the rollout aborted and `current` went back to `previous`
                    (or to no model, when the device had none of this name before)
   failed           the deploy failed on this device; `current` is still `previous`
@@ -16,7 +18,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-STATUSES = ("deployed", "rolled_back", "failed", "rollback_failed", "skipped", "refused", "unreachable")
+STATUSES = ("deployed", "already_current", "rolled_back", "failed", "rollback_failed", "skipped", "refused", "unreachable")
 TABLE_ERROR_CHARS = 240
 
 
@@ -87,7 +89,8 @@ class RolloutReport:
 
     @property
     def ok(self):
-        return self.aborted is None and all(d.status == "deployed" for d in self.devices.values())
+        return self.aborted is None and all(d.status in ("deployed", "already_current")
+                                            for d in self.devices.values())
 
     def counts(self):
         found = {}

@@ -152,7 +152,13 @@ class _Rollout:
             model = (probe.get("models") or {}).get(self.name) or {}
             out.previous = out.current = model.get("current")
             out.passport = model.get("passport")
-        ok = {n: p for n, p in probes.items() if n in self.by_name and not isinstance(p, Exception)}
+            if self.already_current(out):
+                out.status = "already_current"
+                out.fps = ((out.passport or {}).get("smoke") or {}).get("fps")
+                self.event("already_current", device=n, version=self.version)
+                await self.release(n)
+        ok = {n: p for n, p in probes.items() if n in self.by_name and not isinstance(p, Exception)
+              and self.report.devices[n].status != "already_current"}
         groups = group_by_engine_key(ok, self.package)
         await asyncio.gather(*(self.run_group(g, ok) for g in groups.values()))
         if self.abort.is_set():
@@ -160,6 +166,13 @@ class _Rollout:
             for g in self.report.groups.values():
                 if g.status in ("deployed", "partial"):
                     g.status = "aborted"
+
+    def already_current(self, out):
+        """The device runs this version of exactly this package, smoke-tested: a re-deploy would change nothing."""
+        passport = out.passport if isinstance(out.passport, dict) else {}
+        smoke = passport.get("smoke") if isinstance(passport.get("smoke"), dict) else {}
+        return (out.current == self.version and passport.get("version") == self.version
+                and passport.get("package_digest") == self.package.digest and smoke.get("passed") is True)
 
     async def run_group(self, group, probes):
         g = self.report.groups[group.id] = GroupOutcome(group.id, group.key, list(group.devices))
@@ -339,7 +352,7 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
     wave_size: devices per fan-out wave and group (default: `concurrency`); abort_threshold: the fraction of a
     wave that may fail without stopping the rollout; etlt_key: the .etlt key (sent on stdin only); engine_dir:
     where fetched engines are kept (default: a temp dir removed afterwards); on_event(dict): progress events
-    (deploy, deployed, failed, refused, unreachable, abort, rolled_back) for a flow's log.
+    (deploy, deployed, already_current, failed, refused, unreachable, abort, rolled_back) for a flow's log.
     """
     package = package if isinstance(package, Package) else load_package(package)
     version = version or package.version

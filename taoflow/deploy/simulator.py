@@ -1,19 +1,44 @@
-"""A simulated Jetson Nano for the demo: a real OpenSSH sshd on 127.0.0.1 whose device root is in the workspace.
+"""Simulated Jetson Nanos on 127.0.0.1: SSH servers whose device root is a local folder.
 
-Deploying to it exercises the whole path a real device sees (SSH with host-key verification, checksummed uploads,
-the device agent's build/smoke/activate, the `current` switch); only the runtime differs (ONNX Runtime on the host's
-Python instead of TensorRT). Its host key is generated here, so the inventory it writes trusts exactly that key.
+Deploying to one exercises the whole path a real device sees (SSH with host-key verification, checksummed and
+resumable SFTP uploads, the device agent's probe/build/smoke/activate as remote commands, the `current` switch);
+only the runtime differs (ONNX Runtime on a local Python instead of TensorRT). Two servers, one interface:
+
+- `OpenSSHDevice`: the system's OpenSSH `sshd` (`/usr/sbin/sshd`), one foreground sshd per device with a private
+  config. The closest thing to a Jetson here; needs the `openssh-server` package.
+- `EmbeddedDevice`: an SSH server inside this process (asyncssh's server side: SFTP and exec), for machines with
+  nothing but Python and pip. Each exec request runs its command as sshd does: `$SHELL -c COMMAND` in a new
+  session (setsid), with a clean login environment (USER, LOGNAME, HOME, SHELL, PATH, SSH_CLIENT,
+  SSH_CONNECTION; nothing of this process's environment, so no secret of the host leaks to the "device"), the
+  device's home as its working directory, stdout and stderr passed back and the exit status (or the signal that
+  killed it) returned. Signals the client sends over the channel are delivered to the command. A dropped
+  connection closes the command's pipes and does not kill it (its reads see EOF, its writes fail), which is what
+  sshd does for a command without a terminal: an agent that was running carries on as an orphan, as on a device.
+
+Host and client keys are made with asyncssh (no `ssh-keygen` needed) and written in OpenSSH's format, which both
+servers read; the inventory a simulated device writes trusts exactly its host key. Fault injection is the same on
+both: `kill_sessions()` drops every open connection (commands live on), `kill()` takes the server down (nothing
+accepts connections until `start(port=...)`).
 """
 
+import asyncio
+import getpass
 import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import asyncssh
+
 from ..errors import TaoflowError
+
+SERVER_KINDS = ("auto", "openssh", "embedded")
 
 SSHD_CONFIG = """\
 ListenAddress 127.0.0.1
@@ -27,95 +52,473 @@ UsePAM no
 StrictModes no
 PermitRootLogin prohibit-password
 Subsystem sftp internal-sftp
+MaxStartups 200
+MaxSessions 50
 LogLevel ERROR
 SetEnv SHLVL=1
 """
+# `SetEnv SHLVL=1` keeps bash from sourcing ~/.bashrc for every remote command (bash does so for a top-level shell
+# started by sshd); a Jetson's stock .bashrc returns at once for non-interactive shells, which this matches.
 
 
-def _tool(name):
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-    if path is None:
-        raise TaoflowError(f"the simulated device needs OpenSSH's {name}: install it (Debian/Ubuntu: "
-                           "apt-get install openssh-server openssh-client)")
+def find_sshd():
+    """Path of OpenSSH's sshd, or None."""
+    path = shutil.which("sshd")
+    if path is None and os.access("/usr/sbin/sshd", os.X_OK):
+        path = "/usr/sbin/sshd"
     return path
 
 
-def _keygen(path):
-    if not Path(path).exists():
-        subprocess.run([_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return Path(f"{path}.pub").read_text().strip()
+def resolve_server_kind(kind="auto"):
+    """'openssh' or 'embedded' for a --device-server choice; 'auto' takes OpenSSH when it is installed."""
+    if kind not in SERVER_KINDS:
+        raise TaoflowError(f"device server {kind!r}: choose one of {', '.join(SERVER_KINDS)}")
+    if kind == "auto":
+        return "openssh" if find_sshd() else "embedded"
+    if kind == "openssh" and find_sshd() is None:
+        raise TaoflowError("--device-server openssh: OpenSSH's sshd is not installed (Debian/Ubuntu: apt-get install "
+                           "openssh-server), or use --device-server embedded, which needs nothing installed")
+    return kind
 
 
-def _free_port():
+def keygen(path):
+    """Write an ed25519 key pair (OpenSSH format, private file 0600) unless `path` exists; return the public line."""
+    path = Path(path)
+    pub = Path(f"{path}.pub")
+    if not path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key("openssh"))
+        pub.write_bytes(key.export_public_key("openssh"))
+        tmp.replace(path)
+    elif not pub.exists():
+        pub.write_bytes(asyncssh.read_private_key(str(path)).export_public_key("openssh"))
+    return pub.read_text().strip()
+
+
+def key_line(public_line):
+    """'type base64' of an OpenSSH public key line (the comment dropped), as an inventory's host_key."""
+    return " ".join(public_line.split()[:2])
+
+
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class SimulatedNano:
-    def __init__(self, workspace, name="sim-nano-01"):
+# --- OpenSSH ---------------------------------------------------------------------------------------------------
+
+def _children(pid):
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def descendants(pid):
+    """Every process below `pid` (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def _comm(pid):
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+class _Device:
+    """What both servers share: a folder with keys, a device root and a home; the inventory table."""
+
+    kind = None
+
+    def __init__(self, name, base, client_pub):
         self.name = name
-        self.dir = Path(workspace).resolve() / "sim-devices" / name
+        self.dir = Path(base).resolve() / name
         self.root = self.dir / "root"
-        self.proc = None
+        self.home = self.dir / "home"
+        for folder in (self.root, self.home):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.host_key = key_line(keygen(self.dir / "host_ed25519"))
+        self.client_pub = key_line(client_pub)
+        (self.dir / "authorized_keys").write_text(self.client_pub + "\n")
+        os.chmod(self.dir / "authorized_keys", 0o600)
         self.port = None
 
-    def start(self):
-        sshd = _tool("sshd")
-        self.root.mkdir(parents=True, exist_ok=True)
-        host_key = " ".join(_keygen(self.dir / "host_ed25519").split()[:2])
-        client_pub = _keygen(self.dir / "client_ed25519")
-        (self.dir / "authorized_keys").write_text(client_pub + "\n")
-        os.chmod(self.dir / "authorized_keys", 0o600)
+    def inventory_table(self, python, tags=(), trusted=True):
+        lines = ["[[devices]]", f'name = "{self.name}"', 'host = "127.0.0.1"', f"port = {self.port}",
+                 f'device_root = "{self.root}"', f'python = "{python}"', f"tags = {list(tags)!r}".replace("'", '"')]
+        if trusted:
+            lines.append(f'host_key = "{self.host_key}"')
+        return "\n".join(lines) + "\n"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+class OpenSSHDevice(_Device):
+    """One foreground OpenSSH sshd on 127.0.0.1 with a private config. Killing it kills its listener and its
+    per-connection sshd processes (all below the listener), not the commands they ran."""
+
+    kind = "openssh"
+
+    def __init__(self, name, base, client_pub):
+        super().__init__(name, base, client_pub)
+        self.sshd = find_sshd()
+        if self.sshd is None:
+            raise TaoflowError("OpenSSH's sshd is not installed (Debian/Ubuntu: apt-get install openssh-server)")
         (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(dir=self.dir))
+        self.proc = None
+
+    def start(self, port=None):
         if os.geteuid() == 0:
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-        self.port = _free_port()
-        log = open(self.dir / "sshd.log", "ab")
-        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.dir / "sshd_config"), "-p", str(self.port)],
-                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation dir sshd insists on
+        for _ in range(5):
+            self.port = port or free_port()
+            with open(self.dir / "sshd.log", "ab") as log:
+                self.proc = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(self.dir / "sshd_config"), "-p",
+                                              str(self.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            if self._wait_ready():
+                return self
+            self.stop()
+            if port:
+                break
+        raise TaoflowError(f"sshd for {self.name} did not start: {(self.dir / 'sshd.log').read_text()[-800:]}")
+
+    def _wait_ready(self, timeout=15):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                break
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(64).startswith(b"SSH-2.0"):
-                        return self._inventory(host_key)
+                        return True
             except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TaoflowError(f"the simulated device's sshd did not start: {(self.dir / 'sshd.log').read_text()[-500:]}")
+                time.sleep(0.05)
+        return False
 
-    def _inventory(self, host_key):
-        inventory = self.dir.parent / "fleet.toml"
-        inventory.write_text(
-            "# The demo's simulated device (taoflow/deploy/simulator.py); its host key was generated here.\n"
-            "[defaults]\n"
-            f'user = "{_user()}"\n'
-            f'key = "{self.dir / "client_ed25519"}"\n'
-            f'python = "{sys.executable}"\n\n'
-            "[[devices]]\n"
-            f'name = "{self.name}"\n'
-            'host = "127.0.0.1"\n'
-            f"port = {self.port}\n"
-            f'device_root = "{self.root}"\n'
-            f'host_key = "{host_key}"\n'
-            'tags = ["demo", "canary"]\n')
-        return inventory
+    def cpu_seconds(self):
+        """CPU seconds of the listener and the sessions it has reaped (for benchmarks)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def kill_sessions(self):
+        """Kill every sshd process under the listener: open connections drop, their commands live on."""
+        if self.proc is None:
+            return
+        for pid in descendants(self.proc.pid):
+            if _comm(pid).startswith("sshd"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def kill(self):
+        """The device's sshd dies: listener and sessions; nothing accepts connections until start()."""
+        self.kill_sessions()
+        self.stop()
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.kill()
             self.proc.wait(10)
+
+
+# --- embedded (asyncssh) ---------------------------------------------------------------------------------------
+
+class _ServerLoop:
+    """One event loop in a daemon thread that serves every embedded device of this process."""
+
+    _instance = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls):
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="taoflow-sim-ssh", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def _run(self, ready):
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def call(self, awaitable, timeout=30):
+        async def run():
+            return await awaitable
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+
+def _login_environment(user, home, shell, peer, local):
+    """What sshd gives a command: a login environment, not the server's (nor the taoflow process's) own."""
+    path = ("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" if os.geteuid() == 0
+            else "/usr/local/bin:/usr/bin:/bin:/usr/games")
+    client = f"{peer[0]} {peer[1]} {local[1]}"
+    return {"USER": user, "LOGNAME": user, "HOME": str(home), "SHELL": shell, "PATH": path, "SHLVL": "1",
+            "SSH_CLIENT": client, "SSH_CONNECTION": f"{peer[0]} {peer[1]} {local[0]} {local[1]}"}
+
+
+class _Server(asyncssh.SSHServer):
+    def __init__(self, device):
+        self.device = device
+        self.conn = None
+
+    def connection_made(self, conn):
+        self.conn = conn
+        self.device.connections.add(conn)
+
+    def connection_lost(self, exc):
+        self.device.connections.discard(self.conn)
+
+    def begin_auth(self, username):
+        return True  # authentication is required, by public key only
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        return username == self.device.user and key_line(key.export_public_key("openssh").decode()) == \
+            self.device.client_pub
+
+
+class EmbeddedDevice(_Device):
+    """A simulated device served by asyncssh inside this process (see the module docstring for what it does as
+    sshd does)."""
+
+    kind = "embedded"
+
+    def __init__(self, name, base, client_pub):
+        super().__init__(name, base, client_pub)
+        self.user = getpass.getuser()
+        try:
+            self.shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
+        except KeyError:
+            self.shell = "/bin/sh"
+        if not os.access(self.shell, os.X_OK):
+            self.shell = "/bin/sh"
+        self.connections = set()
+        self.acceptor = None
+        self.commands = 0  # exec requests served (benchmarks, tests)
+
+    def start(self, port=None):
+        loop = _ServerLoop.get()
+        host_key = asyncssh.read_private_key(str(self.dir / "host_ed25519"))
+        for _ in range(5):
+            self.port = port or free_port()
+            try:
+                self.acceptor = loop.call(asyncssh.listen(
+                    "127.0.0.1", self.port, server_host_keys=[host_key], server_factory=lambda: _Server(self),
+                    process_factory=self._exec, sftp_factory=True, allow_scp=False, encoding=None,
+                    agent_forwarding=False, x11_forwarding=False, allow_pty=False, keepalive_interval=0))
+                return self
+            except OSError as e:
+                if port:
+                    raise TaoflowError(f"the embedded SSH server for {self.name} cannot listen on 127.0.0.1:{port}: "
+                                       f"{e.strerror}") from None
+        raise TaoflowError(f"the embedded SSH server for {self.name} found no free port")
+
+    async def _exec(self, process):
+        self.commands += 1
+        command = process.command
+        if command is None:
+            process.stderr.write(b"this simulated device runs commands only (no interactive shell)\n")
+            process.exit(1)
+            return
+        conn = process.channel.get_connection()
+        env = _login_environment(self.user, self.home, self.shell, conn.get_extra_info("peername")[:2],
+                                 conn.get_extra_info("sockname")[:2])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.shell, "-c", command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=str(self.home), env=env, start_new_session=True)
+        except OSError as e:
+            process.stderr.write(f"{self.shell}: {e.strerror}\n".encode())
+            process.exit(127)
+            return
+        closed = asyncio.ensure_future(process.channel.wait_closed())
+        feed = asyncio.ensure_future(self._feed(process, proc))
+        outputs = asyncio.gather(self._pass(proc.stdout, process.stdout), self._pass(proc.stderr, process.stderr))
+        waited = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait([closed, asyncio.ensure_future(self._settle(outputs, waited))],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if closed in done and proc.returncode is None:
+            # The connection is gone under a running command: close its pipes and let it run on, as sshd does.
+            feed.cancel()
+            outputs.cancel()
+            for pipe in (1, 2, 0):
+                transport = proc._transport.get_pipe_transport(pipe)  # asyncio exposes no public pipe close
+                if transport is not None:
+                    transport.close()
+            asyncio.ensure_future(proc.wait())  # reaped whenever it ends
+            return
+        feed.cancel()
+        closed.cancel()
+        code = proc.returncode
+        try:
+            if code < 0:
+                name = signal.Signals(-code).name[3:]
+                process.exit_with_signal(name, False, "", "")
+            else:
+                process.exit(code)
+        except (OSError, asyncssh.Error):
+            pass  # the channel closed while the exit status was sent
+
+    @staticmethod
+    async def _settle(outputs, waited):
+        await outputs
+        await waited
+
+    @staticmethod
+    async def _pass(src, dst):
+        while True:
+            chunk = await src.read(1 << 16)
+            if not chunk:
+                return
+            try:
+                dst.write(chunk)
+                await dst.drain()
+            except (OSError, asyncssh.Error):
+                continue  # the client went away: keep draining so the command never blocks on a full pipe
+
+    @staticmethod
+    async def _feed(process, proc):
+        try:
+            while True:
+                try:
+                    data = await process.stdin.read(1 << 16)
+                except asyncssh.SignalReceived as received:
+                    sig = getattr(signal, f"SIG{received.signal}", None)
+                    if sig is not None and proc.returncode is None:
+                        os.killpg(proc.pid, sig)
+                    continue
+                except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+                    continue
+                if not data:
+                    break
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        except (OSError, asyncssh.Error):
+            pass
+        finally:
+            if not proc.stdin.is_closing():
+                proc.stdin.close()
+
+    def kill_sessions(self):
+        """Drop every open connection at once: the client sees them lost, their commands live on."""
+        async def drop():
+            for conn in list(self.connections):
+                conn.abort()
+        _ServerLoop.get().call(drop())
+
+    def kill(self):
+        """The server dies: no listener, no sessions, until start()."""
+        self.stop()
+        self.kill_sessions()
+
+    def stop(self):
+        acceptor, self.acceptor = self.acceptor, None
+        if acceptor is not None:
+            async def close():
+                acceptor.close()
+                await acceptor.wait_closed()
+            _ServerLoop.get().call(close())
+
+
+DEVICE_CLASSES = {"openssh": OpenSSHDevice, "embedded": EmbeddedDevice}
+
+
+class SimFleet:
+    """N simulated devices of one server kind sharing one client key; writes fleet.toml for them."""
+
+    def __init__(self, base, client_key, kind="auto"):
+        self.base = Path(base)
+        self.kind = resolve_server_kind(kind)
+        self.client_key = Path(client_key)
+        self.client_pub = keygen(self.client_key)
+        self.devices = []
+
+    def add(self, name):
+        device = DEVICE_CLASSES[self.kind](name, self.base, self.client_pub).start()
+        self.devices.append(device)
+        return device
+
+    def write_inventory(self, pythons, tags=None, untrusted=(), command_timeout=120, extra_defaults=""):
+        """`pythons`: one device Python per device (or a single one for all)."""
+        if isinstance(pythons, (str, Path)):
+            pythons = [pythons] * len(self.devices)
+        text = (f'[defaults]\nuser = "{getpass.getuser()}"\nkey = "{self.client_key}"\nconnect_timeout = 5\n'
+                f"command_timeout = {command_timeout}\nbuild_timeout = 120\nconcurrency = 8\n{extra_defaults}\n")
+        for i, (device, python) in enumerate(zip(self.devices, pythons)):
+            text += "\n" + device.inventory_table(python, (tags or {}).get(device.name, [f"group{i % 2}"]),
+                                                  trusted=device.name not in untrusted)
+        path = self.base / "fleet.toml"
+        path.write_text(text)
+        return path
+
+    def stop(self):
+        for device in self.devices:
+            device.kill()
+
+
+class SimulatedNano:
+    """The demo's one simulated Nano in <workspace>/sim-devices/<name>: start() returns its inventory path."""
+
+    def __init__(self, workspace, name="sim-nano-01", kind="auto"):
+        self.name = name
+        self.base = Path(workspace).resolve() / "sim-devices"
+        self.kind = resolve_server_kind(kind)
+        self.device = None
+
+    @property
+    def root(self):
+        return self.base / self.name / "root"
+
+    def start(self):
+        self.base.mkdir(parents=True, exist_ok=True)
+        client_key = self.base / self.name / "client_ed25519"
+        client_key.parent.mkdir(parents=True, exist_ok=True)
+        self.device = DEVICE_CLASSES[self.kind](self.name, self.base, keygen(client_key)).start()
+        inventory = self.base / "fleet.toml"
+        inventory.write_text(
+            f"# The demo's simulated device ({self.kind} SSH server, taoflow/deploy/simulator.py); its host key was\n"
+            "# generated here.\n"
+            "[defaults]\n"
+            f'user = "{getpass.getuser()}"\n'
+            f'key = "{client_key}"\n\n'
+            + self.device.inventory_table(sys.executable, tags=["demo", "canary"]))
+        return inventory
+
+    def stop(self):
+        if self.device is not None:
+            self.device.kill()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _user():
-    import getpass
-    return getpass.getuser()

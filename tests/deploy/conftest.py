@@ -1,16 +1,16 @@
-"""Fixtures for deploy tests: real sshd devices on 127.0.0.1, the Python 3.6 device venv, the self-test package."""
+"""Fixtures for deploy tests: simulated devices on 127.0.0.1, the Python 3.6 device venv, the self-test package.
 
-import os
+Every test that takes `sim_fleet` runs twice: against taoflow's embedded SSH server (always) and against OpenSSH's
+sshd (skipped, with the reason, where openssh-server is not installed; CI installs it).
+"""
+
 import shutil
 
 import pytest
 
 from taoflow.deploy.selftest import write_selftest_package
-from tests.deploy.sshd import SimFleet, keygen
+from taoflow.deploy.simulator import SimFleet, find_sshd, keygen
 from tests.device.support import ensure_py36_venv, host_device_python, venv_cache_dir
-
-if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")) or not shutil.which("ssh-keygen"):
-    pytest.skip("OpenSSH sshd / ssh-keygen not installed (apt-get install openssh-server)", allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +37,21 @@ def _private_lock_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TAOFLOW_LOCK_DIR", str(tmp_path / "locks"))
 
 
+@pytest.fixture(params=["embedded", "openssh"])
+def device_server(request):
+    """The SSH server kind the simulated devices of this test run on."""
+    if request.param == "openssh" and find_sshd() is None:
+        pytest.skip("OpenSSH's sshd is not installed (apt-get install openssh-server); the embedded server ran")
+    return request.param
+
+
 @pytest.fixture
-def sim_fleet(tmp_path, client_key):
-    """make(n) -> SimFleet with n running sshd devices; all are killed at teardown."""
+def sim_fleet(tmp_path, client_key, device_server):
+    """make(n) -> SimFleet with n running devices on `device_server`; all are killed at teardown."""
     fleets = []
 
     def make(n, prefix="nano"):
-        fleet = SimFleet(tmp_path / "fleet", client_key)
+        fleet = SimFleet(tmp_path / "fleet", client_key, kind=device_server)
         fleets.append(fleet)
         for i in range(n):
             fleet.add(f"{prefix}-{i:02d}")

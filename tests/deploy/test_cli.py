@@ -1,4 +1,5 @@
-"""`taoflow fleet status|rollback` and `taoflow device doctor` against real sshd devices: output and exit codes."""
+"""`taoflow fleet status|rollback` and `taoflow device doctor` against simulated devices (embedded SSH server, and
+OpenSSH sshd where installed): output and exit codes."""
 
 import getpass
 import os

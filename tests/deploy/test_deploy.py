@@ -1,12 +1,13 @@
-"""End to end against real sshd devices: probe, groups, deploy, smoke, atomic switch, status, rollback, host keys."""
+"""End to end against simulated devices (embedded SSH server, and OpenSSH sshd where installed): probe, groups,
+deploy, smoke, atomic switch, status, rollback, host keys."""
 
 import asyncio
 import json
 import os
 import re
-import subprocess
 import sys
 
+import asyncssh
 import pytest
 
 from taoflow.deploy import (AgentError, DeployError, HostKeyError, UnreachableError, deploy_all, deploy_to_device,
@@ -154,7 +155,7 @@ def test_unusable_key_and_bad_names_are_refused_before_connecting(sim_fleet, dev
     with pytest.raises(DeployError, match=r"model name '\.\./x' must be"):
         deploy_to_device(device, selftest_package, name="../x")
     encrypted = tmp_path / "encrypted_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "passphrase", "-f", str(encrypted)], check=True)
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(encrypted), "pkcs8-pem", passphrase="passphrase")
     secret_part = encrypted.read_text().splitlines()[1]
     path.write_text(path.read_text().replace(str(sims.client_key), str(encrypted)))
     with pytest.raises(UnreachableError, match="cannot use the SSH key .*encrypted_key: Passphrase") as e:

@@ -1,4 +1,5 @@
-"""Faults on real sshd devices: dropped upload, sshd killed during a build, failing build, full disk, hung command.
+"""Faults on simulated devices (embedded SSH server and, where installed, OpenSSH sshd): dropped upload, the SSH
+server killed during a build, failing build, full disk, hung command.
 
 After every fault the device runs a complete, smoke-tested model: the one deployed before, or the new one when
 the deploy could recover.
@@ -18,7 +19,7 @@ from taoflow.deploy import (AgentError, RemoteTimeout, Session, UnreachableError
                             fleet_status, load_inventory, load_package)
 from taoflow.deploy.selftest import write_selftest_package
 from taoflow.deploy.ssh import CHUNK
-from tests.deploy.sshd import descendants
+from taoflow.deploy.simulator import descendants
 
 pytestmark = pytest.mark.slow
 

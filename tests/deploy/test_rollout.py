@@ -1,4 +1,5 @@
-"""The deploy-ssd rollout on real sshd devices: canary + waves per engine-key group, abort and revert, refusals."""
+"""The deploy-ssd rollout on simulated devices (embedded SSH server, and OpenSSH sshd where installed): canary +
+waves per engine-key group, abort and revert, refusals."""
 
 import json
 import os
