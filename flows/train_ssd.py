@@ -13,6 +13,7 @@ from prefect.states import Completed, State
 from taoflow import gates as quality
 from taoflow import pipeline as P
 from taoflow import report as R
+from taoflow.fsutil import write_text_atomic
 from taoflow.store import Store
 
 
@@ -169,12 +170,6 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                       tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec,
                       tao_key_block=tao_key_block).__dict__
     tracker = None
-    if clearml:
-        from taoflow.tracking import Tracker
-        tracker = Tracker(ws, "taoflow", f"train-ssd {spec_set}", tags=[spec_set, backend])
-        tracker.params("run", {k: v for k, v in cfg.items() if k != "workspace"})
-        for label, path in zip(("spec/tfrecords", "spec/train", "spec/retrain"), _cfg(cfg).spec_paths()):
-            tracker.params(label, {"file": str(path), "text": path.read_text()})
     try:
         stages = {}
         stages["convert"] = _v(convert(cfg))
@@ -190,6 +185,16 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
                                if k == "mAP" or k.startswith("AP_")}
         rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
+        run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
+        # ClearML: the task that produced this model, when an earlier run recorded it; a new task only for a run
+        # that did something (a fully reused run adds no task and no second copy of the model)
+        produced_by = _recorded_tracking(run_dir / "passport.json") if stages["export"]["cached"] else None
+        if clearml and not (produced_by and rep["cached"] and all(v["cached"] for v in stages.values())):
+            tracker = _start_tracker(ws, cfg, spec_set, backend)
+            produced_by = produced_by or tracker.record()
+            tracker.params("model", {"produced_by_task": produced_by["clearml_task"]})
+        if produced_by:
+            passport["tracking"] = produced_by
         model_file = str(P.exported_model_of(_res(stages["export"])))  # .onnx, or TAO 3/4's .etlt
         rep["images"] = {k: str(Path(rep["path"]) / v) for k, v in rep["images"].items() if v}
         if deploy_inventory and all(g["passed"] for g in rep["gates"]):
@@ -197,13 +202,12 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             # passed the other gates: a rejected model needs no SSH round to the fleet
             rep["gates"].append(against_fleet(deploy_inventory, deploy_tags, model_name,
                                               passport["metrics"]["mAP"], max_map_drop))
-        run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "passport.json").write_text(json.dumps(passport, indent=2))
+        write_text_atomic(run_dir / "passport.json", json.dumps(passport, indent=2))
         markdown = R.summary_markdown(passport, rep["rows"], rep["gates"], {
             "exported model": model_file, **rep["images"],
             "inference": str(Path(rep["path"]) / rep["inference"])})
-        (run_dir / "report.md").write_text(markdown)
+        write_text_atomic(run_dir / "report.md", markdown)
         create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
         create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                                for r in rep["rows"]], key="model-comparison", description="unpruned/pruned/retrained")
@@ -216,7 +220,8 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             for png in rep["images"].values():
                 if png:
                     tracker.image("report", png)
-            tracker.model(model_file, f"ssd-{spec_set}", passport)
+            if produced_by["clearml_task"] == tracker.task_id:
+                tracker.model(model_file, f"ssd-{spec_set}", passport)
         gates_ok = all(g["passed"] for g in rep["gates"])
         deployed = None
         if not gates_ok:
@@ -237,11 +242,34 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             "run_dir": str(run_dir), "deployed": deployed,
         }
     except BaseException:
-        if tracker:
-            tracker.close()
+        if clearml:  # a failed run is tracked too: its parameters and specs
+            (tracker or _start_tracker(ws, cfg, spec_set, backend)).close()
         raise
     if tracker:
         summary["clearml_session"] = tracker.close()
         where = f"offline session: {summary['clearml_session']}" if tracker.offline else "task closed"
         logger.info("ClearML %s", where)
+    elif produced_by:
+        from taoflow.tracking import offline_session
+        summary["clearml_session"] = offline_session(ws, produced_by["clearml_task"])
+        logger.info("ClearML: nothing new to track; this model's task is %s", produced_by["clearml_task"])
+    summary["clearml_task"] = (passport.get("tracking") or {}).get("clearml_task")
     return summary
+
+
+def _start_tracker(ws, cfg, spec_set, backend):
+    from taoflow.tracking import Tracker
+    tracker = Tracker(ws, "taoflow", f"train-ssd {spec_set}", tags=[spec_set, backend])
+    tracker.params("run", {k: v for k, v in cfg.items() if k != "workspace"})
+    for label, path in zip(("spec/tfrecords", "spec/train", "spec/retrain"), _cfg(cfg).spec_paths()):
+        tracker.params(label, {"file": str(path), "text": path.read_text()})
+    return tracker
+
+
+def _recorded_tracking(passport_file):
+    """The `tracking` record ({clearml_task}) an earlier run wrote into this passport, or None."""
+    try:
+        tracking = json.loads(Path(passport_file).read_text(encoding="utf-8")).get("tracking")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tracking if isinstance(tracking, dict) and isinstance(tracking.get("clearml_task"), str) else None

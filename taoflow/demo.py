@@ -51,10 +51,13 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     import sys
     sys.path.insert(0, str(SPECS_DIR.parent))
+    from flows.prefect_server import TemporaryServer
+    server = TemporaryServer()  # starts while the flow's modules import and the device comes up
     from flows.train_ssd import train_ssd
 
-    with SimulatedNano(ws, kind=device_server) as nano:  # an SSH server on 127.0.0.1 standing in for a Jetson Nano
+    with server, SimulatedNano(ws, kind=device_server) as nano:  # an SSH server on 127.0.0.1 as a Jetson Nano
         inventory = nano.start()
+        server.wait()
         result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
                            map_floor=map_floor, deploy_inventory=str(inventory), model_name="lpd-demo")
     summary = {
@@ -66,6 +69,7 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
         "deployed_devices": [d["device"] for d in (result["deployed"] or {}).get("devices", [])
                              if d["status"] in ("deployed", "already_current")],
         "device_server": device_server,
+        "clearml_task": result.get("clearml_task"),
         "fleet": (result["deployed"] or {}).get("devices", []),
         "wall_seconds": round(time.time() - t0, 1),
         "passport": result["passport"]["id"],

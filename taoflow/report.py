@@ -11,14 +11,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import matplotlib
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display on servers and CI), imported when a plot is drawn: a
+    re-run that reuses the report draws nothing and should not pay for the import."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def training_curves(histories, out_png):
     """Loss and mAP per epoch for each training stage (train, retrain) side by side."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
@@ -38,6 +43,7 @@ def training_curves(histories, out_png):
 
 
 def pr_curves(pr_by_class, out_png, title="precision / recall"):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for name, pr in pr_by_class.items():
         ax.plot(pr["recall"], pr["precision"], label=name)

@@ -6,9 +6,11 @@ For a shared server with GPU workers use `prefect deploy` with prefect.yaml and 
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -31,15 +33,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def api_healthy(api_url, timeout=2.0):
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_healthy(api_url, timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
+        if api_healthy(api_url):
+            return
+        time.sleep(0.5)
     raise TaoflowError(f"the Prefect server at {api_url} did not become healthy within {timeout} s")
 
 
@@ -63,13 +70,17 @@ def start_local_server(workspace, port=None):
 
 
 def serve(workspace="workspace", names=None, port=None):
+    """Serve the deployments until SIGINT or SIGTERM (exit 0), or until the Prefect server this command started
+    dies (exit 1). On the way out, deployment schedules are paused (Prefect's default, so runs do not pile up
+    Late while nobody serves them) only when the server still answers: a dead server would be asked forever."""
     server = None
     if not os.environ.get("PREFECT_API_URL"):
         server, api = start_local_server(workspace, port)
         os.environ["PREFECT_API_URL"] = api
         print(f"started a local Prefect server: export PREFECT_API_URL={api}  (UI: {api[:-4]})", flush=True)
+    api = os.environ["PREFECT_API_URL"].rstrip("/")
     sys.path.insert(0, str(REPO))
-    from prefect import serve as prefect_serve
+    import asyncio
 
     from flows.deploy_ssd import deploy_ssd
     from flows.train_ssd import train_ssd
@@ -87,14 +98,64 @@ def serve(workspace="workspace", names=None, port=None):
     # redeploying an existing export (or rolling a fleet forward after a failed rollout) needs no retraining;
     # export_dir, inventory and sample_images are given per run
     deployments.append(deploy_ssd.to_deployment(name="fleet", parameters={"workspace": ws}, tags=["taoflow"]))
+
+    runner = _runner(api)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    server_died = threading.Event()
+    if server is not None:
+        threading.Thread(target=_watch_server, args=(server, runner, server_died), name="prefect-server-watch",
+                         daemon=True).start()
+    previous_sigint = signal.signal(signal.SIGINT, runner.handle_sigint)
     try:
         print("serving " + ", ".join(f"train-ssd/{n}" for n in chosen) + ", deploy-ssd/fleet; run one with "
-              "`prefect deployment run 'train-ssd/demo' --watch`", flush=True)
-        prefect_serve(*deployments)
+              "`prefect deployment run 'train-ssd/demo' --watch`; stop with Ctrl-C", flush=True)
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, SystemExit):
+        pass
     finally:
-        if server is not None:
+        signal.signal(signal.SIGINT, previous_sigint)
+        if server is not None and server.poll() is None:
             server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if server_died.is_set():
+        print(f"error: the Prefect server this command started stopped (exit status {server.returncode}); see "
+              f"{Path(workspace).resolve() / 'prefect' / 'server.log'}", file=sys.stderr, flush=True)
+        return 1
+    print("stopped", flush=True)
     return 0
+
+
+def _runner(api):
+    """Prefect's Runner, which first asks whether its server still answers before it pauses schedules on shutdown."""
+    from prefect.runner import Runner
+
+    class CheckedRunner(Runner):
+        def check_server(self):
+            if self.pause_on_shutdown and not api_healthy(api):
+                self.pause_on_shutdown = False
+                print(f"the Prefect server at {api} does not answer: deployment schedules are left as they are",
+                      file=sys.stderr, flush=True)
+
+        def handle_sigterm(self, *args, **kwargs):  # Prefect's own calls an async stop() it never awaits
+            self.check_server()
+            raise KeyboardInterrupt
+
+        handle_sigint = handle_sigterm
+
+    return CheckedRunner(pause_on_shutdown=True)
+
+
+def _watch_server(server, runner, died):
+    """Stop serving when the local Prefect server exits under us (killed, out of memory, its port taken)."""
+    while server.poll() is None:
+        time.sleep(1)
+    died.set()
+    runner.pause_on_shutdown = False
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def add_cli_arguments(parser):

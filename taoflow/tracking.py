@@ -7,9 +7,11 @@ diff: secrets such as NGC or ClearML keys have no path into it. With a server co
 clearml.conf), the user's own configuration is used as is.
 """
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,12 @@ def server_configured():
     return Path(conf).is_file() and "api_server" in Path(conf).read_text(errors="ignore")
 
 
+def offline_session(workspace, task_id):
+    """The offline session zip of a task this workspace recorded offline, or None (online, or deleted)."""
+    path = Path(workspace).resolve() / "clearml" / "cache" / "offline" / f"{task_id}.zip"
+    return str(path) if path.is_file() else None
+
+
 class Tracker:
     """A thin layer over clearml.Task with the handful of calls the flows make."""
 
@@ -46,10 +54,19 @@ class Tracker:
         from clearml import Task
         if self.offline:
             Task.set_offline(offline_mode=True)
-        self.task = Task.init(project_name=project, task_name=name, tags=list(tags), reuse_last_task_id=False,
-                              auto_connect_frameworks=False, auto_connect_arg_parser=False,
-                              auto_resource_monitoring=False)
+        with contextlib.redirect_stdout(sys.stderr):  # ClearML prints its banner; stdout may be a JSON summary
+                self.task = Task.init(project_name=project, task_name=name, tags=list(tags), reuse_last_task_id=False,
+                                  auto_connect_frameworks=False, auto_connect_arg_parser=False,
+                                  auto_resource_monitoring=False)
         self.session = None
+
+    @property
+    def task_id(self):
+        return self.task.id
+
+    def record(self):
+        """What a passport keeps of this task, so that later runs reusing the model link to it."""
+        return {"clearml_task": self.task.id}
 
     def params(self, section, values: dict):
         self.task.connect(dict(values), name=section)
@@ -82,7 +99,8 @@ class Tracker:
 
     def close(self):
         folder = self.task.get_offline_mode_folder() if self.offline else None
-        self.task.close()
+        with contextlib.redirect_stdout(sys.stderr):
+            self.task.close()
         if folder:
             self.session = f"{folder}.zip"
         return self.session

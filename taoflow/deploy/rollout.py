@@ -111,6 +111,8 @@ class _Rollout:
         self.sessions = {}
         self.staged = set()  # devices whose package was staged during their group's canary
         self.expected = json.loads((package.path / "samples" / "expected.json").read_text(encoding="utf-8"))
+        passport = package.path / "passport.json"
+        self.package_passport = json.loads(passport.read_text(encoding="utf-8")) if passport.is_file() else None
         self.report = RolloutReport(name, version, package.digest,
                                     {d.name: DeviceOutcome(d.name, version) for d in devices})
 
@@ -168,11 +170,18 @@ class _Rollout:
                     g.status = "aborted"
 
     def already_current(self, out):
-        """The device runs this version of exactly this package, smoke-tested: a re-deploy would change nothing."""
+        """The device runs this version of this package, smoke-tested: a re-deploy would change nothing.
+
+        What the agent read on the device: `current` names this version, whose passport records a passed smoke
+        test, this package's pipeline passport (its lineage) and, where the device built it, this model's sha256.
+        (The device's own package digest also covers a TensorRT engine the host never sees, so it is not compared.)
+        """
         passport = out.passport if isinstance(out.passport, dict) else {}
         smoke = passport.get("smoke") if isinstance(passport.get("smoke"), dict) else {}
+        build = passport.get("build") if isinstance(passport.get("build"), dict) else {}
         return (out.current == self.version and passport.get("version") == self.version
-                and passport.get("package_digest") == self.package.digest and smoke.get("passed") is True)
+                and passport.get("lineage") == self.package_passport and smoke.get("passed") is True
+                and build.get("model_sha256") in (None, self.package.model_sha256))
 
     async def run_group(self, group, probes):
         g = self.report.groups[group.id] = GroupOutcome(group.id, group.key, list(group.devices))

@@ -41,7 +41,10 @@ def prefect_home(tmp_path_factory):
     os.environ.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                       PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
     os.environ.pop("PREFECT_API_URL", None)
-    return home
+    yield home
+    # Stop the temporary server the flows started while pytest's capture is open (flows/prefect_server.py says why).
+    from flows.prefect_server import stop_temporary_servers
+    stop_temporary_servers()
 
 
 @pytest.fixture(scope="session")

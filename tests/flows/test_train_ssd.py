@@ -43,6 +43,15 @@ def test_first_run_computes_every_stage_and_rerun_computes_none(runs):
     assert Path(first["model"]).is_file() and first["gates_passed"]
 
 
+def test_a_reused_run_adds_no_clearml_task_and_links_the_one_that_made_the_model(runs):
+    ws, first, second = runs
+    assert first["clearml_task"] and second["clearml_task"] == first["clearml_task"]
+    assert second["clearml_session"] == first["clearml_session"]
+    assert len(list((ws / "clearml" / "cache" / "offline").glob("*.zip"))) == 1
+    passport = json.loads((Path(first["run_dir"]) / "passport.json").read_text())
+    assert passport["tracking"] == {"clearml_task": first["clearml_task"]}
+
+
 def test_passport_chains_stage_keys_and_report_has_tables(runs):
     ws, first, _ = runs
     passport = json.loads((Path(first["run_dir"]) / "passport.json").read_text())
@@ -82,7 +91,7 @@ def test_planted_secrets_appear_nowhere(runs, prefect_home):
 
 def test_failing_gate_stops_deploy_with_the_reason_in_the_report(runs, raw_crpd):
     from flows.train_ssd import train_ssd
-    ws, _, _ = runs
+    ws, first, _ = runs
     summary = train_ssd(dataset_path=str(raw_crpd), workspace=str(ws), train_spec=str(ws / "specs/train.txt"),
                         retrain_spec=str(ws / "specs/retrain.txt"), map_floor=0.99,
                         deploy_inventory=str(ws / "fleet.toml"))  # never read: the gate stops the run first
@@ -90,6 +99,11 @@ def test_failing_gate_stops_deploy_with_the_reason_in_the_report(runs, raw_crpd)
     assert "| mAP floor | **no** |" in Path(summary["report"]).read_text()
     assert all(s["cached"] for s in summary["stages"].values())  # only the gate changed: nothing retrained
     assert Path(summary["model"]).is_file()  # artifacts are kept
+    # a new report is tracked as a new ClearML task, which links the model's task instead of copying the model
+    assert summary["clearml_session"] != first["clearml_session"] and summary["clearml_task"] == first["clearml_task"]
+    with zipfile.ZipFile(summary["clearml_session"]) as z:
+        assert not any(n.endswith("model.onnx") for n in z.namelist())
+        assert first["clearml_task"] in z.read("task.json").decode()
 
 
 @pytest.mark.slow
