@@ -1,6 +1,13 @@
-"""`taoflow` command line: one subcommand per stage, each a thin wrapper over the stage's plain function."""
+"""`taoflow` command line: one subcommand per stage, each a thin wrapper over the stage's plain function.
+
+Exit status, the same for every subcommand: 0 ok; 1 the run failed (a device unreachable, a TAO step that failed,
+something a check found missing); 2 bad input (a file that does not parse or validate, a path that does not exist
+or cannot be written, an argument out of range). Errors are one `error: ...` line on stderr, never a traceback
+(`--log-level DEBUG` adds the traceback of an unexpected error, which is a bug in taoflow).
+"""
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -72,6 +79,46 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a path given on the command line that cannot be read, created or written
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2 if e.errno in BAD_PATH_ERRNOS else 1
+    except Exception as e:  # noqa: BLE001 - a bug in taoflow: one line, and the traceback only when asked for
+        unreachable = _unreachable_server(e)
+        if unreachable:
+            print(f"error: {unreachable}", file=sys.stderr)
+            return 1
+        logging.getLogger("taoflow").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {e} (a bug in taoflow; rerun with --log-level DEBUG for the "
+              f"traceback)", file=sys.stderr)
+        return 1
+
+
+# errnos that mean "this path is wrong" (bad input, exit 2) rather than "the machine failed" (disk full, I/O: exit 1)
+BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                   errno.ENAMETOOLONG, errno.EROFS, errno.ELOOP, errno.EINVAL, errno.EXDEV}
+
+
+def _unreachable_server(e):
+    """A message for a server that cannot be reached (the Prefect API through httpx), else None."""
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(e, httpx.TransportError):
+        try:
+            url = str(e.request.url)
+        except RuntimeError:  # no request attached
+            url = os.environ.get("PREFECT_API_URL", "the server")
+        return f"cannot reach {url}: {e or type(e).__name__} (is the Prefect server running? PREFECT_API_URL)"
+    return None
+
+
+def os_error_message(e):
+    """'PATH: what went wrong' for an OSError, naming the path (both for a rename or link)."""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename is not None:
+        what += " (a file is in the way of a directory this command needs)"
+    if e.filename is None:
+        return what
+    where = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{where}: {what}"
 
 
 if __name__ == "__main__":

@@ -125,6 +125,11 @@ def add_cli_arguments(parser):
 
 
 def run_cli(args):
+    flow, sep, name = args.deployment.partition("/")
+    if not (flow and sep and name) or "/" in name:
+        raise TaoflowError(f"--deployment {args.deployment!r}: expected FLOW/DEPLOYMENT, e.g. train-ssd/crpd")
+    if not (args.interval > 0 and args.settle >= 0):  # also refuses NaN
+        raise TaoflowError(f"--interval must be > 0 and --settle >= 0, got {args.interval:g} and {args.settle:g}")
     if not os.environ.get("PREFECT_API_URL"):
         raise TaoflowError("PREFECT_API_URL is not set: point it at the Prefect server that serves "
                            f"{args.deployment} (`taoflow serve` prints it)")

@@ -24,9 +24,13 @@ class HostKeyError(DeployError):
 class UnreachableError(DeployError):
     """Connecting, authenticating or keeping the SSH connection failed (after retries where they apply)."""
 
+    exit_code = 1  # the run failed, the input was fine (taoflow.cli: 0 ok, 1 the run failed, 2 bad input)
+
 
 class RemoteTimeout(DeployError):
     """A remote command ran past its time limit; it was killed on the device too (coreutils timeout)."""
+
+    exit_code = 1
 
 
 class AgentError(DeployError):
@@ -39,3 +43,5 @@ class AgentError(DeployError):
 
 class UploadError(DeployError):
     """An upload could not be completed and verified by checksum within its retries."""
+
+    exit_code = 1

@@ -43,7 +43,7 @@ def run_check(args):
         except SpecError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return 2 if failed else 0  # bad input, like every other command (0 ok, 1 the run failed, 2 bad input)
 
 
 def add_render_arguments(parser):

@@ -35,7 +35,21 @@ def parse_text(text, message, path="<spec>"):
         text_format.Merge(text, message)
     except text_format.ParseError as e:
         raise _spec_error_from_parse(e, message, path) from None
+    except ValueError as e:
+        # protobuf checks some values only when it sets them (an enum given a number beyond int32: "Value out of
+        # range: N") and raises a bare ValueError without a position: point at the first line holding the value.
+        raise SpecError(str(e), path=path, line=_line_of(text, str(e).rpartition(": ")[2])) from None
+    except RecursionError:
+        raise SpecError("blocks nested too deeply", path=path) from None
     return message
+
+
+def _line_of(text, token):
+    if token:
+        for number, line in enumerate(text.splitlines(), 1):
+            if token in line:
+                return number
+    return None
 
 
 def _spec_error_from_parse(err, message, path):

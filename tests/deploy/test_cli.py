@@ -89,7 +89,7 @@ def test_inventory_errors_are_one_line(tmp_path, capsys):
     bad.write_text("[[devices]]\nname = 'x'\n")
     assert main(["fleet", "status", "-i", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {bad}:1: device needs 'host'")
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}:1: x: device needs 'host'")
     assert main(["fleet", "status", "-i", str(tmp_path / "missing.toml")]) == 2
     assert "inventory file not found" in capsys.readouterr().err
 

@@ -140,4 +140,4 @@ def test_cli_spec_check_reports_and_exits_nonzero(tmp_path):
     class Args:
         specs = [str(REPO / "specs/crpd/ssd_train_resnet18_crpd.txt"), str(bad)]
         task = "train"
-    assert run_check(Args) == 1
+    assert run_check(Args) == 2  # bad input, as for every taoflow command

@@ -21,6 +21,8 @@ TAIL_LINES = 40
 class TaoRunError(TaoflowError):
     """A TAO step that failed; the message ends with the (masked) tail of its log."""
 
+    exit_code = 1  # the run failed (not bad input): taoflow.cli's exit status
+
     def __init__(self, message, task=None, task_exit_code=None, log=None, tail=()):
         self.task = task
         self.task_exit_code = task_exit_code  # the task's own status (exit_code stays the CLI's exit status)
