@@ -17,8 +17,9 @@ from pathlib import Path
 
 from .backends.results import WEIGHT_SUFFIXES
 from .errors import TaoflowError
+from .fsutil import write_text_atomic
 from .spec import load_dataset_export, load_experiment, render, rewrite_paths
-from .store import Store, code_version, digest, tree_manifest
+from .store import Store, code_version, digest, read_json, tree_manifest
 
 log = logging.getLogger(__name__)
 REPO_SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -78,9 +79,10 @@ def run_stage(store: Store, stage: str, material: dict, produce) -> StageResult:
     key = digest(material)[:24]
     t0 = time.time()
     with store.lock(stage, key):
+        store.clean_stale(stage, held_key=key)  # what killed runs left in this stage
         if store.has(stage, key):
             return StageResult(stage, key, str(store.path(stage, key)), True, 0.0, store.meta(stage, key))
-        tmp = store.new_temp(stage)
+        tmp = store.new_temp(stage, key)
         try:
             meta = produce(tmp, key) or {}
             meta = dict(meta, material=material, seconds=round(time.time() - t0, 2))
@@ -107,13 +109,9 @@ def stage_convert(store, cfg: RunConfig):
     store.hashes.save()
     code = code_version("datasets", "incremental.py")
     material = {"manifest": digest(manifest), "kind": cfg.dataset_kind, "class_mode": class_mode, "code": code}
-    index_path = store.root / "convert" / "index.json"
     lineage = digest({"dataset": str(raw.resolve()), "kind": cfg.dataset_kind, "class_mode": class_mode,
                       "code": code})
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    previous = index.get(lineage)
-    if previous and not store.has("convert", previous["key"]):
-        previous = None
+    previous = _previous_conversion(store, lineage)
 
     def produce(tmp, _key):
         from . import incremental
@@ -121,7 +119,7 @@ def stage_convert(store, cfg: RunConfig):
             report = _convert(cfg, raw, tmp / "out", class_mode)
             return {"images": _count_units(manifest), "images_converted": _count_units(manifest),
                     "report": _brief(report)}
-        prev_manifest = json.loads((store.path("convert", previous["key"]) / "manifest.json").read_text())
+        prev_manifest = previous["manifest"]
         changed, removed = incremental.plan(prev_manifest, manifest)
         delta_out, delta_report = None, None
         if changed:
@@ -134,21 +132,50 @@ def stage_convert(store, cfg: RunConfig):
         shutil.rmtree(tmp / "delta_out", ignore_errors=True)
         log.info("incremental conversion: %d images converted, %d reused, %d removed", len(changed), reused,
                  len(removed))
-        (tmp / "out" / "report.json").write_text(json.dumps(
+        write_text_atomic(tmp / "out" / "report.json", json.dumps(
             {"step": "convert", "incremental": {"previous": previous["key"], "converted": len(changed),
                                                 "reused": reused, "removed": len(removed)},
-             "delta": delta_report}, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+             "delta": delta_report}, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         return {"images": _count_units(manifest), "images_converted": len(changed), "images_reused": reused,
                 "images_removed": len(removed), "previous": previous["key"]}
 
     def produce_with_manifest(tmp, key):
         meta = produce(tmp, key)
-        (tmp / "manifest.json").write_text(json.dumps(manifest))
+        write_text_atomic(tmp / "manifest.json", json.dumps(manifest))
         return meta
     result = run_stage(store, "convert", material, produce_with_manifest)
-    index[lineage] = {"key": result.key}
-    index_path.write_text(json.dumps(index, indent=2))
+    _record_conversion(store, lineage, result.key, raw)
     return result
+
+
+# Which conversion of a dataset is the latest, so that the next one converts only what changed: one small file per
+# lineage (dataset path, kind, class mode, converter code) in store/convert/.lineage/, written atomically under that
+# lineage's lock, so two datasets on one workspace never touch each other's record and a killed run leaves the old
+# record or the new one. (Earlier taoflow kept every lineage in one store/convert/index.json: read, never written.)
+LINEAGE_DIR = ".lineage"
+LEGACY_INDEX = "index.json"
+
+
+def _previous_conversion(store, lineage):
+    """{"key", "manifest"} of this lineage's latest complete conversion, or None (then everything is converted)."""
+    with store.lock("convert", f"lineage-{lineage}"):
+        record = read_json(store.root / "convert" / LINEAGE_DIR / f"{lineage}.json", "conversion lineage")
+    if not isinstance(record, dict):
+        legacy = read_json(store.root / "convert" / LEGACY_INDEX, "conversion index")
+        record = legacy.get(lineage) if isinstance(legacy, dict) else None
+    key = record.get("key") if isinstance(record, dict) else None
+    if not isinstance(key, str) or not store.has("convert", key):
+        return None
+    manifest = read_json(store.path("convert", key) / "manifest.json", "conversion manifest")
+    if not isinstance(manifest, dict):
+        return None  # a full conversion instead
+    return {"key": key, "manifest": manifest}
+
+
+def _record_conversion(store, lineage, key, raw):
+    with store.lock("convert", f"lineage-{lineage}"):
+        write_text_atomic(store.root / "convert" / LINEAGE_DIR / f"{lineage}.json",
+                          json.dumps({"key": key, "dataset": str(raw.resolve())}, indent=2) + "\n")
 
 
 def _count_units(manifest):
@@ -197,7 +224,7 @@ def stage_tfrecords(store, cfg, split):
     def produce(tmp, _key):
         rendered = rewrite_paths(spec.raw, lambda _f, _v: str(Path(split.path) / "out" / "training"))
         run_spec = tmp / "dataset_convert_spec.txt"
-        run_spec.write_text(render(rendered))
+        write_text_atomic(run_spec, render(rendered))
         report = dataset_convert(run_spec, tmp / "records" / "train", workers=cfg.workers, progress=False)
         return {"num_images": report["num_images"], "objects": report["objects"], "classes": report["classes"]}
     return run_stage(store, "tfrecords", material, produce)
@@ -215,7 +242,7 @@ def render_experiment(spec_path, tfrecords, split, out_path):
         if field.endswith("label_directory_path"):
             return str(Path(split.path) / "out" / "val" / "label")
         return value
-    out_path.write_text(render(rewrite_paths(spec.raw, path_for)))
+    write_text_atomic(out_path, render(rewrite_paths(spec.raw, path_for)))
     return out_path, spec
 
 
@@ -284,7 +311,7 @@ def stage_evaluate(store, cfg, trained, executor, name="evaluate"):
 
     def produce(tmp, _key):
         metrics = executor.evaluate(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained), tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2))
         return {"metrics": metrics}
     return run_stage(store, name, material, produce)
 

@@ -7,20 +7,32 @@ so nothing is ever overwritten. Outputs are written to a temporary sibling and r
 read-only. A per-key lock stops two concurrent runs from computing the same output twice or clobbering each other.
 Hashing large datasets is the expensive part of a no-op re-run, so file hashes are remembered by (path, size,
 mtime) and reused while a file is unchanged.
+
+Crash safety: every metadata file is written to a temporary name and renamed (fsutil.write_text_atomic); an output
+counts as present only when its `.complete` names its key and its `.meta.json` parses, so a damaged one is computed
+again (with a warning) instead of failing every later run. Temporary directories are named `.tmp-<key>-...`; one
+left by a killed run is removed by the next run of that stage once nobody holds its key's lock (a live writer
+always does).
 """
 
 import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from . import __version__
-from .fsutil import sha256_file
+from .fsutil import sha256_file, write_text_atomic
+
+log = logging.getLogger(__name__)
+STALE_UNKEYED_TMP_S = 2 * 24 * 3600  # `.tmp-XXXX` of taoflow before keyed names: nothing tells whether it is live
+STALE_FILE_TMP_S = 3600  # a temp file of an atomic metadata write lives for milliseconds
 
 CODE_ROOT = Path(__file__).resolve().parent
 
@@ -47,10 +59,16 @@ class HashCache:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.entries = {}
         try:
-            self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            entries = {}
+        except (OSError, ValueError) as e:  # truncated by a crash, or not ours: a cache, so start afresh
+            log.warning("ignoring the unreadable hash cache %s (%s); files will be hashed again", self.path, e)
+            entries = {}
+        if isinstance(entries, dict):
+            self.entries = {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 3}
         self.hits = self.misses = 0
 
     def sha256(self, path):
@@ -66,11 +84,7 @@ class HashCache:
         return value
 
     def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hashcache-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.entries, f)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.entries))
 
 
 def tree_manifest(root, cache: HashCache):
@@ -87,17 +101,42 @@ def tree_manifest(root, cache: HashCache):
     return out
 
 
+def read_json(path, what="metadata"):
+    """The JSON in `path`, or None (with a warning) when it is missing, empty, truncated or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the damaged %s file %s (%s)", what, path, e)
+        return None
+
+
 class Store:
     def __init__(self, workspace):
         self.root = Path(workspace) / "store"
         self.root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_files(self.root, ".hash-cache.json")
         self.hashes = HashCache(self.root / ".hash-cache.json")
 
     def path(self, stage, key):
         return self.root / stage / key
 
     def has(self, stage, key):
-        return (self.path(stage, key) / ".complete").exists()
+        """True when the output is complete: `.complete` names the key and `.meta.json` parses. A damaged one is
+        reported and counts as absent, so the stage computes it again (commit replaces it)."""
+        final = self.path(stage, key)
+        try:
+            complete = (final / ".complete").read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            log.warning("store output %s is unreadable (%s); computing it again", final, e)
+            return False
+        if complete.strip() != key or not isinstance(read_json(final / ".meta.json", "store metadata"), dict):
+            log.warning("store output %s is damaged (.complete or .meta.json); computing it again", final)
+            return False
+        return True
 
     def work_dir(self, stage, key):
         """A persistent scratch directory for a stage that can resume (training), kept until the output commits."""
@@ -108,19 +147,29 @@ class Store:
     @contextlib.contextmanager
     def lock(self, stage, key):
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        with open(self.root / stage / f".lock-{key}", "w") as f:
+        with open(self.root / stage / f".lock-{key}", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # a second run of the same stage waits, then finds the output
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _try_lock(self, stage, key):
+        """An open, exclusively locked lock file for `key`, or None when someone holds it (never waits)."""
+        f = open(self.root / stage / f".lock-{key}", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return None
+        return f
+
     def commit(self, stage, key, src_dir, meta):
         """Move a finished output into place, record its metadata, and make it read-only."""
         final = self.path(stage, key)
-        (Path(src_dir) / ".meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        (Path(src_dir) / ".complete").write_text(key)
-        if final.exists():  # a crashed earlier attempt left an incomplete directory
+        write_text_atomic(Path(src_dir) / ".meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+        write_text_atomic(Path(src_dir) / ".complete", key)  # last: it marks the output complete
+        if final.exists():  # a crashed earlier attempt left an incomplete or damaged directory
             _make_writable(final)
             shutil.rmtree(final)
         os.rename(src_dir, final)
@@ -128,11 +177,53 @@ class Store:
         return final
 
     def meta(self, stage, key):
-        return json.loads((self.path(stage, key) / ".meta.json").read_text())
+        meta = read_json(self.path(stage, key) / ".meta.json", "store metadata")
+        if not isinstance(meta, dict):
+            from .errors import TaoflowError
+            raise TaoflowError(f"store output {self.path(stage, key)} has no readable .meta.json; delete that "
+                               f"directory and run again")
+        return meta
 
-    def new_temp(self, stage):
+    def new_temp(self, stage, key=None):
+        """A temporary directory for computing `key` (the caller holds the key's lock): `.tmp-<key>-XXXX`."""
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
+        prefix = f".tmp-{key}-" if key else ".tmp-"
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / stage))
+
+    def clean_stale(self, stage, held_key=None):
+        """Remove what killed runs left in this stage: `.tmp-<key>-*` directories whose key nobody has locked (the
+        caller's own `held_key` is locked by the caller, so its temp directories are from an earlier attempt),
+        very old `.tmp-*` without a key, and old temp files of atomic writes. Returns the paths removed."""
+        stage_dir = self.root / stage
+        removed = []
+        if not stage_dir.is_dir():
+            return removed
+        for entry in sorted(stage_dir.iterdir()):
+            name = entry.name
+            if not name.startswith(".tmp-") or not entry.is_dir() or entry.is_symlink():
+                continue
+            key = name[len(".tmp-"):].rpartition("-")[0]
+            if not key:  # an unkeyed temp directory of an older taoflow: only when it is clearly abandoned
+                if _age(entry) > STALE_UNKEYED_TMP_S:
+                    _remove_tree(entry)
+                    removed.append(entry)
+                continue
+            if key == held_key:
+                _remove_tree(entry)
+                removed.append(entry)
+                continue
+            held = self._try_lock(stage, key)
+            if held is None:
+                continue  # another process is computing that key right now
+            try:
+                _remove_tree(entry)
+                removed.append(entry)
+            finally:
+                held.close()
+        removed += _remove_stale_files(stage_dir)
+        for path in removed:
+            log.warning("removed %s, left by an interrupted run", path)
+        return removed
 
 
 def _make_read_only(root):
@@ -146,7 +237,38 @@ def _make_read_only(root):
 
 
 def _make_writable(root):
+    """Writable again by its owner, so that it can be removed: directories, and files except the user's own."""
     for dirpath, _, filenames in os.walk(root):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
         for name in filenames:
             p = os.path.join(dirpath, name)
-            os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
+            st = os.stat(p, follow_symlinks=False)
+            if st.st_nlink > 1 or stat.S_ISLNK(st.st_mode):
+                continue  # the user's own file (a hard-linked image): never change its mode
+            os.chmod(p, st.st_mode | stat.S_IWUSR)
+
+
+def _age(path):
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_tree(path):
+    _make_writable(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale_files(directory, only=None):
+    """Temp files of atomic writes (`.NAME.tmp-PID-XXXX`, fsutil.atomic_file) older than an hour: their writer died.
+    `only` limits it to those of one file name."""
+    removed = []
+    pattern = f".{only}.tmp-*" if only else ".*.tmp-*"
+    for path in Path(directory).glob(pattern):
+        if path.is_file() and not path.is_symlink() and _age(path) > STALE_FILE_TMP_S:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
