@@ -13,7 +13,9 @@ status.json records are those appended by this run (all of them when the task re
 
 Run directory layout (one directory per launcher call):
     <run_dir>/tao/<NN>-<task>/command.txt   masked command line
-                              mounts.json   the launcher mounts file (0600: Envs may hold ClearML credentials)
+                              mounts.json   the launcher mounts file as sent, Envs values masked (the file the
+                                            launcher reads is private, outside the run directory, and deleted
+                                            after the step: nothing secret is ever written into a run or the store)
                               spec.txt      the spec as TAO sees it (container paths)
                               launcher.log  launcher + task output, masked
 """
@@ -29,8 +31,9 @@ from ...errors import OutputExistsError, TaoflowError
 from . import results as R
 from .commands import build_command, output_candidates
 from .launcher import TAO5, check_supported, find_launcher, probe_launcher
-from .masking import mask_data, resolve_key, secret_env_values
-from .mounts import MOUNTS_ENV, clearml_envs, docker_options, mounts_document, write_mounts_file
+from .masking import MASK, mask_data, resolve_key, secret_env_values
+from .mounts import (MOUNTS_ENV, clearml_envs, docker_options, mounts_document, private_mounts_file,
+                     recorded_document, write_mounts_file)
 from .paths import ContainerSpec, PathMap, mount_dir
 from .preflight import docker_disabled, run_preflight
 from .runner import TaoRunError, run_launcher
@@ -114,9 +117,8 @@ class TaoExecutor:
             spec.write(request.spec, pathmap)
         shown = command.display(hidden)
         (step_dir / "command.txt").write_text(shown + "\n", encoding="utf-8")
-        mounts_file = write_mounts_file(step_dir / "mounts.json",
-                                        mounts_document(pathmap, clearml_envs(env), options))
-        env[MOUNTS_ENV] = str(mounts_file)
+        document = mounts_document(pathmap, clearml_envs(env), options)
+        write_mounts_file(step_dir / "mounts.json", recorded_document(document, MASK))
         if key:
             env[KEY_VAR] = key
 
@@ -125,8 +127,11 @@ class TaoExecutor:
         status_before = _read_bytes(status_file) if status_file is not None else None
         outputs = _Outputs(_watched(request, command))
         marker = f"TAOFLOW_EXIT_{secrets.token_hex(6)}"
-        run = run_launcher([info.path, *command.launcher_args(KEY_VAR, marker)], env, step_dir / "launcher.log",
-                           hidden, marker, header=f"$ {shown}", use_pty=not disabled, on_line=on_line, cwd=step_dir)
+        with private_mounts_file(document) as mounts_file:
+            env[MOUNTS_ENV] = str(mounts_file)
+            run = run_launcher([info.path, *command.launcher_args(KEY_VAR, marker)], env, step_dir / "launcher.log",
+                               hidden, marker, header=f"$ {shown}", use_pty=not disabled, on_line=on_line,
+                               cwd=step_dir)
         status = mask_data(status_since(status_file, status_before), hidden) if status_file is not None else []
 
         def fail(message):

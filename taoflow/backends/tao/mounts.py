@@ -5,10 +5,17 @@ The launcher's rules (nvidia_tao_cli/tlt `docker_handler._get_mount_env_data`, `
 {variable, value}; `DockerOptions` may hold only the launcher's VALID_DOCKER_ARGS (user, ports, shm_size, ulimits
 (a dict), privileged, network, and tty from nvidia-tao 5 on); any other top-level key is a KeyError.
 taoflow never reads or writes the user's ~/.tao_mounts.json.
+
+Secrets never enter the store: the file the launcher reads (Envs with the ClearML credentials, which docker needs
+as `-e NAME=value`) lives in a private temporary directory outside the run directory and is deleted when the step
+ends (`private_mounts_file`); the step directory keeps a copy for the record with every Envs value masked.
 """
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ...errors import TaoflowError
@@ -49,6 +56,22 @@ def mounts_document(pathmap, envs=(), options=None):
         "Envs": list(envs),
         "DockerOptions": dict(options or {}),
     }
+
+
+def recorded_document(document, mask="****"):
+    """The mounts document as kept in the step directory: Envs values masked (names kept, to show what was sent)."""
+    return dict(document, Envs=[dict(e, value=mask) for e in document.get("Envs", ())])
+
+
+@contextlib.contextmanager
+def private_mounts_file(document):
+    """Yield the path of the launcher's mounts file in a private (0700) temporary directory outside any run or
+    store directory; the directory is removed when the step ends, however it ends."""
+    directory = tempfile.mkdtemp(prefix="taoflow-tao-mounts-")
+    try:
+        yield write_mounts_file(Path(directory) / "mounts.json", document)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_mounts_file(path, document):

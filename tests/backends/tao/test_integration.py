@@ -137,9 +137,10 @@ def test_pipeline_through_the_real_launcher(setup, tmp_path, home, capfd, genera
         if path.is_file():
             texts[str(path)] = path.read_bytes().decode("utf-8", "replace")
     assert [name for name, text in texts.items() if KEY in text] == []
-    # ClearML credentials reach the task (the mounts file's Envs, 0600, is the one place they are written)
-    assert {name for name, text in texts.items() if CLEARML in text} == {
-        str(p) for p in run_dir.glob("tao/*/mounts.json")}
+    # ClearML credentials reach the task, and are written nowhere in the run: the step's mounts.json masks them
+    assert [name for name, text in texts.items() if CLEARML in text] == []
+    kept = json.loads((run_dir / "tao/02-train/mounts.json").read_text())
+    assert {"variable": "CLEARML_API_SECRET_KEY", "value": MASK} in kept["Envs"]
     log = (run_dir / "tao/02-train/launcher.log").read_text()
     assert "ssd stand-in invoked: ssd train -e" in log and f"-k {MASK}" in log
     assert f"clearml: CLEARML_API_SECRET_KEY={MASK}" in log and "clearml: CLEARML_OFFLINE_MODE=1" in log
@@ -154,7 +155,7 @@ def test_task_failure_is_caught_though_the_launcher_exits_0(setup, tmp_path):
     with pytest.raises(TaoRunError) as err:
         ex.run(TrainRequest(spec=SPECS / "ssd_train_resnet18_crpd.txt", results_dir=tmp_path / "run/train",
                             data_root=data_root))
-    assert err.value.task_exit_code == 3 and err.value.task == "train" and err.value.exit_code == 2
+    assert err.value.task_exit_code == 3 and err.value.task == "train" and err.value.exit_code == 1  # the run failed
     text = str(err.value)
     assert "TAO train failed: `ssd train` exited with status 3" in text
     assert "RuntimeError: stand-in crash" in text and f"log: {tmp_path}/run/tao/01-train/launcher.log" in text
