@@ -2,8 +2,13 @@
 
 A CRPD label line is `x1 y1 x2 y2 x3 y3 x4 y4 type content`: four plate corners, the plate type (0 blue, 1 yellow
 single-line, 2 yellow double-line, 3 white) and the plate text. The README writes commas but the released files use
-spaces, so both separate fields. Corner order differs between files (clockwise or counter-clockwise), so the
-axis-aligned box is the min/max over the four points, which does not depend on the order.
+spaces, so both separate fields (mixed too: `1,2 3 ...`). Corner order differs between files (clockwise or
+counter-clockwise), so the axis-aligned box is the min/max over the four points, which does not depend on the order.
+
+Label files as they come: a UTF-8 BOM, CRLF line ends and UTF-8 plate text are read as such. A line with the corners
+and the type but no plate text (9 fields: unreadable plates are labelled that way) keeps its box for detection; its
+text is empty and the conversion report counts it (`plates_without_text`). Any other field count, a non-numeric
+corner or a type outside 0..3 is an error naming file and line.
 """
 
 import json
@@ -27,7 +32,7 @@ CLASS_MODES = ("lpd", "plate_type")
 # Third-party copies of CRPD name the image folder imgs/ instead of images/.
 IMAGE_DIR_NAMES = ("images", "imgs")
 LABEL_DIR_NAME = "labels"
-_SEPARATORS = re.compile(r"[,\s]+")
+_SEPARATORS = re.compile(r"[,\uff0c\s]+")  # ASCII or full-width commas, any whitespace
 # One plates.jsonl line: what json.dumps(record, ensure_ascii=False, sort_keys=True) gives, without building a new
 # encoder for every plate.
 _JSONL = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
@@ -42,16 +47,16 @@ class CrpdPlate:
 
 
 def parse_crpd_file(path):
-    """Parse a CRPD label file: 10 fields per non-blank line; numbers finite, type 0..3, plate text present."""
+    """Parse a CRPD label file: 10 fields per non-blank line (9 when the plate text is missing: content "");
+    numbers finite, type 0..3."""
     plates = []
     for lineno, text in read_text_lines(path):
         tokens = [t for t in _SEPARATORS.split(text.strip()) if t]
         if not tokens:
             continue
-        if len(tokens) != 10:
-            hint = " (is the plate text missing?)" if len(tokens) == 9 else ""
-            raise DataError(f"expected 10 fields 'x1 y1 x2 y2 x3 y3 x4 y4 type content', found {len(tokens)}{hint}",
-                            path=path, line=lineno)
+        if len(tokens) not in (9, 10):
+            raise DataError(f"expected 10 fields 'x1 y1 x2 y2 x3 y3 x4 y4 type content' (9 without the plate "
+                            f"text), found {len(tokens)}", path=path, line=lineno)
         coords = _coordinates(tokens, path, lineno)
         try:
             plate_type = int(tokens[8])
@@ -61,7 +66,7 @@ def parse_crpd_file(path):
             raise DataError(f"field 9 (type) must be 0..3 (0 blue, 1 yellow single, 2 yellow double, 3 white), "
                             f"got {tokens[8]!r}", path=path, line=lineno)
         quad = tuple((coords[i], coords[i + 1]) for i in range(0, 8, 2))
-        plates.append(CrpdPlate(lineno, quad, plate_type, tokens[9]))
+        plates.append(CrpdPlate(lineno, quad, plate_type, tokens[9] if len(tokens) == 10 else ""))
     return plates
 
 
@@ -189,6 +194,7 @@ def _convert_one(item, out_root, config):
     # An image whose plates were all dropped still gets an empty label file: TAO needs one per image.
     fsutil.write_file(os.path.join(out_dir, "label", f"{stem}.txt"), "".join(f"{line}\n" for line in lines).encode())
     return {"split": split, "stem": stem, "ext": os.path.splitext(name)[1], "plates": len(records),
+            "no_text": sum(1 for plate in plates if not plate.content),
             "plates_jsonl": "".join(records), "objects": objects, "dropped": dropped, "label": label_path}
 
 
@@ -258,6 +264,7 @@ def _split_counts(results):
         "images": len(results),
         "empty_images": sum(1 for r in results if not r["objects"]),
         "plates": sum(r["plates"] for r in results),
+        "plates_without_text": sum(r["no_text"] for r in results),
         "objects": dict(sorted(objects.items())),
         "dropped": dict(sorted(dropped.items())),
         "image_extensions": dict(sorted(Counter(r["ext"] for r in results).items())),
@@ -315,7 +322,8 @@ def summary(report):
     for split, c in report["splits"].items():
         objects = ", ".join(f"{k}={v}" for k, v in c["objects"].items()) or "none"
         dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "none"
-        lines.append(f"crpd {split}: {c['images']} images, {c['plates']} plates; "
+        no_text = f" ({c['plates_without_text']} without plate text)" if c["plates_without_text"] else ""
+        lines.append(f"crpd {split}: {c['images']} images, {c['plates']} plates{no_text}; "
                      f"kept {objects}; dropped {dropped}")
     if report["dropped_boxes"]:
         first = report["dropped_boxes"][0]

@@ -66,8 +66,10 @@ def set_label(name, text):
 CASES = {
     "crpd_wrong_field_count": Case("crpd", set_label("a.txt", PLATE + "1 2 3 4 5 6 7 8 0 x extra\n"),
                                    "expected 10 fields", ("train/labels/a.txt", 2)),
-    "crpd_missing_content": Case("crpd", set_label("a.txt", "1 2 30 2 30 20 1 20 0\n"), "plate text missing",
-                                 ("train/labels/a.txt", 1)),
+    "crpd_missing_type_and_content": Case("crpd", set_label("a.txt", "1 2 30 2 30 20 1 20\n"),
+                                          "found 8", ("train/labels/a.txt", 1)),
+    "crpd_type_missing_text_in_its_place": Case("crpd", set_label("a.txt", "1 2 30 2 30 20 1 20 京A1\n"),
+                                                "type. must be 0..3", ("train/labels/a.txt", 1)),
     "crpd_non_numeric_coordinate": Case("crpd", set_label("b.txt", "1 2 x3 2 30 20 1 20 0 京A1\n"),
                                         "field 3 .corner coordinate. is not a number", ("train/labels/b.txt", 1)),
     "crpd_nan_coordinate": Case("crpd", set_label("b.txt", "1 2 nan 2 30 20 1 20 0 京A1\n"), "not a finite number",

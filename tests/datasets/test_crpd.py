@@ -127,10 +127,10 @@ def test_output_independent_of_workers(crpd_tree, tmp_path):
 
 
 def test_skip_mode_reports_and_continues(crpd_tree, tmp_path):
-    write_text(crpd_tree / "train" / "labels" / "img001.txt", "1 2 3 4 5 6 7 8 0\n")
+    write_text(crpd_tree / "train" / "labels" / "img001.txt", "1 2 3 4 5 6 7 8\n")
     report = convert_crpd(crpd_tree, tmp_path / "out", on_error="skip", progress=False)
     assert [(s["path"], s["line"]) for s in report["skipped"]] == [("train/labels/img001.txt", 1)]
-    assert "plate text missing" in report["skipped"][0]["error"]
+    assert "found 8" in report["skipped"][0]["error"]
     assert not (tmp_path / "out" / "train" / "image" / "img001.jpg").exists()
     assert report["splits"]["train"]["images"] == 1
 
@@ -143,3 +143,64 @@ def test_cli(crpd_tree, tmp_path, capsys):
     assert crpd.run_cli(args) == 0
     err = capsys.readouterr().err
     assert "crpd train: 2 images, 5 plates" in err and "crpd val:" in err and "crpd test" not in err
+
+
+# Label lines as CRPD's files write them (issue #8 of yxgong0/CRPD quotes CRPD_multi/val/labels/48_0064.txt:
+# space-separated integers, tilted quadrilaterals), with what copies of the files pick up on the way: a BOM, CRLF
+# line ends, README-style commas, and unreadable plates labelled with the type but no text.
+REAL_FORMAT_LINES = [
+    "176 185 237 185 235 220 172 216 0 皖AD12345",     # issue #8 corners, clockwise from top-left
+    "264 282 265 314 376 311 375 279 1 粤B6789学",       # counter-clockwise TL, BL, BR, TR
+    "30,40,70,40,70,60,30,60,2,浙F33333",               # README commas
+    "300, 40, 340, 42, 339, 60, 301, 58, 3, 京A1234警",  # comma and space
+    "100 100 180 100 180 140 100 140 1",                # 9 fields: box and type, no plate text
+    "200,200,260,200,260,230,200,230,0,",               # comma form of the same, trailing separator
+]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("bom", [False, True])
+def test_real_format_lines(tmp_path, newline, bom):
+    root = tmp_path / "CRPD_multi" / "val"
+    write_image(root / "images" / "48_0064.jpg", 400, 320)
+    text = newline.join(REAL_FORMAT_LINES) + newline
+    write_text(root / "labels" / "48_0064.txt", ("\ufeff" if bom else "") + text)
+    before = tree_digest(root)
+    report = convert_crpd(root, tmp_path / "out", progress=False)
+    boxes = [row[4:8] for row in labels(tmp_path / "out", ".", "48_0064")]
+    assert boxes == [["172.00", "185.00", "237.00", "220.00"], ["264.00", "279.00", "376.00", "314.00"],
+                     ["30.00", "40.00", "70.00", "60.00"], ["300.00", "40.00", "340.00", "60.00"],
+                     ["100.00", "100.00", "180.00", "140.00"], ["200.00", "200.00", "260.00", "230.00"]]
+    counts = report["splits"]["."]
+    assert (counts["plates"], counts["plates_without_text"], counts["objects"]) == (6, 2, {"lpd": 6})
+    assert report["totals"]["plates_without_text"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "out" / "plates.jsonl").read_text("utf-8").splitlines()]
+    assert [(r["content"], r["type"], r["line"]) for r in rows] == [
+        ("皖AD12345", 0, 1), ("粤B6789学", 1, 2), ("浙F33333", 2, 3), ("京A1234警", 3, 4), ("", 1, 5), ("", 0, 6)]
+    assert rows[1]["quad"] == [[264, 282], [265, 314], [376, 311], [375, 279]]  # as written, order kept
+    assert tree_digest(root) == before
+
+
+def test_summary_counts_plates_without_text(tmp_path):
+    root = tmp_path / "val"
+    write_image(root / "images" / "a.jpg", 200, 100)
+    write_text(root / "labels" / "a.txt", "10 10 50 10 50 30 10 30 0\n")
+    report = convert_crpd(root, tmp_path / "out", progress=False)
+    assert "1 plates (1 without plate text)" in crpd.summary(report)
+
+
+@pytest.mark.parametrize("line,match,column", [
+    ("176 185 237 185 235 220 172 216 0 皖AD12345 extra", "found 11", None),
+    ("176 185 237 185 235 220 172 216", "found 8", None),
+    ("176 185 237 185 235 220 172 216 皖AD12345", "type. must be 0..3", None),  # type missing, text in its place
+    ("176 185 237 185 235 220 172 2l6 0 皖AD12345", "field 8 .corner coordinate. is not a number", None),
+    ("176 185 237 185 235 220 172 216 7", "type. must be 0..3", None),
+])
+def test_other_lines_fail_with_file_and_line(tmp_path, line, match, column):
+    root = tmp_path / "val"
+    write_image(root / "images" / "a.jpg", 400, 300)
+    label = write_text(root / "labels" / "a.txt", "\ufeff" + REAL_FORMAT_LINES[0] + "\r\n" + line + "\r\n")
+    with pytest.raises(DataError, match=match) as exc:
+        convert_crpd(root, tmp_path / "out", progress=False)
+    assert (exc.value.path, exc.value.line) == (str(label), 2)
+    assert not (tmp_path / "out").exists()
