@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..fsutil import sha256_file
 from .errors import AgentError, DeployError
+from .replies import ReplyError, check_reply, clean
 
 ETLT_KEY_ENV = "TAOFLOW_ETLT_KEY"
 PROTOCOL = 1
@@ -76,14 +77,15 @@ async def call(session, command, *args, timeout=None, etlt_key=None):
                                          input=None if etlt_key is None else etlt_key + "\n")
     reply = parse_reply(out)
     if reply is None:
-        tail = (err or out).strip()[-600:]
+        tail = clean((err or out).strip()[-600:])
         raise DeployError(f"agent {command} gave no JSON reply (exit status {status}): {tail}", device.name)
-    session.agent_cpu_s += float(reply.get("cpu_s") or 0)
     if reply.get("protocol") != PROTOCOL:
-        raise DeployError(f"agent protocol {reply.get('protocol')} != {PROTOCOL}: agent files out of date",
-                          device.name)
-    if not reply.get("ok"):
-        raise AgentError(reply.get("error", "unknown agent error"), device.name, command,
+        raise ReplyError(f"agent protocol {clean(repr(reply.get('protocol')), 40)} != {PROTOCOL}: agent files out "
+                         f"of date", device.name)
+    reply = check_reply(command, reply, device.name)
+    session.agent_cpu_s += reply.get("cpu_s") or 0
+    if not reply["ok"]:
+        raise AgentError(reply["error"], device.name, command,
                          reply.get("details") or {"traceback": reply.get("traceback")})
     return reply["result"]
 

@@ -22,6 +22,7 @@ from .agent import agent_items, call, ship_agent
 from .errors import DeployError, UploadError
 from .locks import device_lock
 from .package import Package, load_package
+from .replies import ReplyError, expect_current
 from .ssh import Session, with_retries
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the agent's rule for model names and versions
@@ -164,7 +165,7 @@ async def ship(session, package, staging, engine=None, progress=None):
 
 async def adeploy_to_device(device, package, *, name, version=None, wave=None, keep=3, build=True, engine=None,
                             etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20,
-                            verify=None, session=None):
+                            verify=None, session=None, rollout=None):
     """Ship agent + package, build, smoke, activate. Returns a result dict.
 
     Fan-out to the rest of an engine-key group after its canary: `engine` = (local path, sha256) of the engine
@@ -177,6 +178,7 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
     `verify(device, smoke record)` runs on the host between a passed smoke test and the switch; raising a
     DeployError there refuses the version (a canary's detections checked against the host's, for example).
     `session`: an open Session to this device to use (and leave open), e.g. the one that staged the package.
+    `rollout`: the rollout's token; the agent refuses to activate for a token the host has fenced (arevert_device).
     """
     package = package if isinstance(package, Package) else load_package(package)
     version = version or package.version
@@ -212,21 +214,24 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
                 built = {"runtime": "skipped"}
             step("smoke")
             smoke_args = ["--iterations", str(smoke_iterations)]
-            activate_args = ["--keep", str(keep)] + ([] if wave is None else ["--wave", str(wave)])
+            activate_args = ["--keep", str(keep)] + ([] if wave is None else ["--wave", str(wave)]) + \
+                ([] if rollout is None else ["--rollout", rollout])
             if verify is None:  # nothing to check on the host in between: one agent start-up instead of two
                 smoke = await again(lambda: call(s, "smoke", *ids, *smoke_args, "--activate", *activate_args))
-                after = smoke.pop("activated")
+                after, command = smoke.pop("activated", None), "smoke --activate"
             else:
                 smoke = await again(lambda: call(s, "smoke", *ids, *smoke_args))
                 verify(device, smoke)
                 step("activate")
-                after = await again(lambda: call(s, "activate", *ids, *activate_args))
+                after, command = await again(lambda: call(s, "activate", *ids, *activate_args)), "activate"
+            if after is None:
+                raise ReplyError(f"agent {command} answered without the activated state", device.name)
+            state = expect_current(after, name, version, command, device.name)
         except DeployError:
             with contextlib.suppress(DeployError):
                 await call(s, "discard", *ids)
             raise
         bytes_sent, agent_cpu = s.bytes_sent - bytes_before, s.agent_cpu_s - cpu_before
-    state = after["models"][name]
     current = next(v for v in state["versions"] if v["version"] == state["current"])
     return {"device": device.name, "name": name, "version": version, "wave": wave, "previous": previous,
             "current": state["current"], "passport": current["passport"], "build": built,
@@ -280,7 +285,7 @@ async def arollback_device(device, name, to=None, retries=4):
         await with_retries(s, lambda: ship_agent(s), retries)
         args = ["--name", name] + ([] if to is None else ["--to", to])
         result = await with_retries(s, lambda: call(s, "rollback", *args), retries if to else 1)
-    state = result["models"][name]
+    state = model_state(result, name, "rollback", device.name)
     return {"device": device.name, "name": name, "rolled_back_from": result["rolled_back_from"],
             "current": state["current"]}
 
@@ -289,21 +294,31 @@ def rollback_device(device, name, to=None):
     return run_sync(arollback_device(device, name, to))
 
 
-async def arevert_device(device, name, version, retries=4):
+async def arevert_device(device, name, version, retries=4, fence=None):
     """Undo this rollout's activation of `version` (agent `revert`): back to the version before it, or no
     `current` at all when `version` was the device's first. A no-op when `version` is not current, so it is
-    retried freely and is safe on a device whose deploy failed before the switch."""
+    retried freely and is safe on a device whose deploy failed before the switch. `fence`: the rollout's token,
+    recorded on the device first, so that an agent of that rollout still running there cannot switch later."""
+    args = ["--name", name, "--version", version] + ([] if fence is None else ["--fence", fence])
     async with device_lock(device), Session(device) as s:
         await with_retries(s, lambda: ship_agent(s), retries)
-        result = await with_retries(s, lambda: call(s, "revert", "--name", name, "--version", version), retries)
-    state = result["models"][name]
+        result = await with_retries(s, lambda: call(s, "revert", *args), retries)
+    state = model_state(result, name, "revert", device.name)
     passport = next((v["passport"] for v in state["versions"] if v["version"] == state["current"]), None)
     return {"device": device.name, "name": name, "reverted": result["reverted"], "current": state["current"],
             "passport": passport}
 
 
-def revert_device(device, name, version):
-    return run_sync(arevert_device(device, name, version))
+def model_state(result, name, command, device=None):
+    """One model's entry of an agent state reply (activate, revert, rollback, status)."""
+    state = result["models"].get(name)
+    if state is None:
+        raise ReplyError(f"agent {command} reported no state for model {name}", device)
+    return state
+
+
+def revert_device(device, name, version, **kwargs):
+    return run_sync(arevert_device(device, name, version, **kwargs))
 
 
 async def astatus(device, name=None, retries=4):

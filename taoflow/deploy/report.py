@@ -18,7 +18,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-STATUSES = ("deployed", "already_current", "rolled_back", "failed", "rollback_failed", "skipped", "refused", "unreachable")
+STATUSES = ("deployed", "already_current", "rolled_back", "failed", "rollback_failed", "skipped", "refused",
+            "unreachable")
 TABLE_ERROR_CHARS = 240
 
 

@@ -32,11 +32,12 @@ import asyncio
 import json
 import tempfile
 import time
+import uuid
 from contextlib import suppress
 from pathlib import Path
 
 from .errors import DeployError
-from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe, arevert_device, astage,
+from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe, arevert_device, astage, astatus,
                     for_each, group_by_engine_key, run_sync)
 from .package import Package, load_package
 from .preflight import choose_canary, device_problems
@@ -106,6 +107,9 @@ class _Rollout:
         self.limit = asyncio.Semaphore(max(1, int(options["concurrency"])))
         self.abort = asyncio.Event()
         self.switched = []  # devices this rollout made run `version`, in switch order
+        # Carried by every activation of this rollout; fenced on a device before the host reverts it or reports it
+        # failed, so that an agent of this rollout still running there (a lost connection) cannot switch it later.
+        self.token = f"r{uuid.uuid4().hex[:16]}"
         # device -> its open connection, from the probe (or its staging) to the end of its group: a device is
         # connected to once per rollout (an SSH handshake and login cost both ends CPU, the host's in one thread)
         self.sessions = {}
@@ -168,6 +172,36 @@ class _Rollout:
             for g in self.report.groups.values():
                 if g.status in ("deployed", "partial"):
                     g.status = "aborted"
+        await self.reconcile()
+
+    async def reconcile(self):
+        """Re-read what the devices whose last word was not a checked activation reply actually run.
+
+        A failed device may have switched without its reply reaching the host, a revert may have been lost: the
+        report says what each reachable device runs now, and a device still running this version of a failed or
+        aborted deploy is fenced and reverted once more. A device that cannot be reached keeps the host's view,
+        marked as unconfirmed.
+        """
+        async def one(n):
+            out = self.report.devices[n]
+            try:
+                models = await astatus(self.by_name[n], self.name, retries=2)
+                state = models.get(self.name) or {"current": None, "versions": []}
+                if state["current"] == self.version and out.previous != self.version:
+                    result = await arevert_device(self.by_name[n], self.name, self.version, retries=2,
+                                                  fence=self.token)
+                    state = {"current": result["current"], "versions": [{"version": result["current"],
+                                                                         "passport": result["passport"]}]}
+                    out.error = f"{out.error}; it had switched anyway and was reverted"
+            except DeployError as e:
+                if "could not be confirmed" not in (out.error or ""):
+                    out.error = f"{out.error}; not reachable after the rollout ({e.reason}): what it runs could not " \
+                                f"be confirmed, check `taoflow fleet status`"
+                return
+            out.current = state["current"]
+            out.passport = next((v.get("passport") for v in state["versions"] if v["version"] == out.current), None)
+        await asyncio.gather(*(one(n) for n, out in self.report.devices.items()
+                               if out.status in ("failed", "rolled_back", "rollback_failed")))
 
     def already_current(self, out):
         """The device runs this version of this package, smoke-tested: a re-deploy would change nothing.
@@ -309,7 +343,7 @@ class _Rollout:
                     self.by_name[n], self.package, name=self.name, version=self.version, wave=wave,
                     keep=self.o["keep"], build=build, engine=engine, etlt_key=self.o["etlt_key"],
                     smoke_iterations=self.o["smoke_iterations"], verify=verify, on_step=on_step,
-                    session=self.sessions.get(n))
+                    session=self.sessions.get(n), rollout=self.token)
         except DeployError as e:
             out.status, out.error = "failed", e.reason
             out.seconds = round(time.monotonic() - started, 3)
@@ -331,7 +365,7 @@ class _Rollout:
         if out.previous == self.version:
             return  # it ran this version before the rollout; nothing to undo
         try:
-            result = await arevert_device(self.by_name[n], self.name, self.version, retries=2)
+            result = await arevert_device(self.by_name[n], self.name, self.version, retries=2, fence=self.token)
             out.current, out.passport = result["current"], result["passport"] or out.passport
         except DeployError as e:
             out.error += f"; its current model could not be confirmed ({e.reason}): check `taoflow fleet status`"
@@ -341,7 +375,7 @@ class _Rollout:
             out = self.report.devices[n]
             try:
                 async with self.limit:
-                    result = await arevert_device(self.by_name[n], self.name, self.version)
+                    result = await arevert_device(self.by_name[n], self.name, self.version, fence=self.token)
             except DeployError as e:
                 out.status = "rollback_failed"
                 out.error = f"rollout aborted, and switching back failed ({e.reason}): it runs {self.version}"

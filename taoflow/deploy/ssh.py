@@ -21,6 +21,7 @@ import asyncssh
 
 from ..fsutil import sha256_file
 from .errors import DeployError, HostKeyError, RemoteTimeout, UnreachableError, UploadError
+from .replies import MAX_REPLY_BYTES, ReplyError
 
 # asyncssh logs every channel and SFTP request at INFO: hundreds of lines per device and deploy, drowning the
 # deploy's own log. Quiet unless someone configured the asyncssh logger on purpose.
@@ -188,7 +189,27 @@ class Session:
         return result.exit_status, result.stdout or "", result.stderr or ""
 
     async def _conn_run(self, remote, input):
-        return await self.conn.run(remote, input=input, check=False)
+        """Run `remote`; its stdout and stderr are read up to MAX_REPLY_BYTES each, then the channel is closed
+        (a device cannot make the host hold a flood in memory)."""
+        proc = await self.conn.create_process(remote, encoding="utf-8", errors="replace")
+        try:
+            if input is not None:
+                proc.stdin.write(input)
+            proc.stdin.write_eof()
+            reads = [asyncio.ensure_future(_read_capped(proc.stdout)), asyncio.ensure_future(_read_capped(proc.stderr))]
+            try:
+                out, err = await asyncio.gather(*reads)
+            except _Flood:
+                raise ReplyError(f"the device sent more than {MAX_REPLY_BYTES >> 20} MiB on "
+                                 f"{'stdout' if reads[0].done() and reads[0].exception() else 'stderr'}; the "
+                                 f"command was cut off", self.device.name) from None
+            finally:
+                for read in reads:
+                    read.cancel()
+            await proc.wait_closed()
+        finally:
+            proc.close()
+        return _Completed(proc.exit_status, proc.exit_signal, out, err)
 
     async def _sftp(self):
         await self.connect()
@@ -299,6 +320,26 @@ class Session:
             raise UploadError(f"{remote}: checksum mismatch after download", self.device.name)
         tmp.replace(local)
         return local
+
+
+class _Completed:
+    def __init__(self, exit_status, exit_signal, stdout, stderr):
+        self.exit_status, self.exit_signal, self.stdout, self.stderr = exit_status, exit_signal, stdout, stderr
+
+
+class _Flood(Exception):
+    pass
+
+
+async def _read_capped(stream, limit=MAX_REPLY_BYTES):
+    """Everything `stream` sends until EOF; _Flood once it passes `limit` characters."""
+    parts, size = [], 0
+    while chunk := await stream.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise _Flood()
+        parts.append(chunk)
+    return "".join(parts)
 
 
 async def with_retries(session, op, attempts=4, backoff_s=0.5):

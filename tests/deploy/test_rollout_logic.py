@@ -26,11 +26,13 @@ class FakeFleet:
     def __init__(self, monkeypatch, fail=(), previous=None):
         self.calls, self.fail, self.previous = [], set(fail), previous or {}
         self.current = dict(self.previous)
+        self.fenced, self.status_read = set(), []
         monkeypatch.setattr(rollout_module, "adeploy_to_device", self.deploy)
         monkeypatch.setattr(rollout_module, "afetch_engine", self.fetch)
         monkeypatch.setattr(rollout_module, "arevert_device", self.revert)
         monkeypatch.setattr(rollout_module, "astage", self.stage)
         monkeypatch.setattr(rollout_module, "adiscard", self.discard)
+        monkeypatch.setattr(rollout_module, "astatus", self.status)
 
     async def stage(self, device, package, *, name, version, **_):
         self.calls.append(("stage", device.name))
@@ -52,11 +54,18 @@ class FakeFleet:
         self.calls.append(("fetch", device.name))
         return dest, "e" * 64
 
-    async def revert(self, device, name, version, retries=4):
+    async def revert(self, device, name, version, retries=4, fence=None):
         self.calls.append(("revert", device.name))
+        self.fenced.add(device.name)
         if self.current.get(device.name) == version:
             self.current[device.name] = self.previous.get(device.name)
         return {"current": self.current.get(device.name), "passport": None, "reverted": True}
+
+
+    async def status(self, device, name, retries=4):  # the end-of-rollout re-read (not an operation: not in calls)
+        self.status_read.append(device.name)
+        current = self.current.get(device.name)
+        return {name: {"current": current, "versions": [{"version": current, "passport": None}] if current else []}}
 
 
 def probes_of(kinds, models=None):

@@ -15,6 +15,24 @@ import tempfile
 import time
 
 
+# The file descriptor the reply goes to (the SSH channel's stdout), set by taoflow_agent.main.
+REPLY_FD = None
+
+
+def host_listening():
+    """Whether the host can still receive this command's reply: a newline written to the reply channel (the reply
+    parser skips it) fails with EPIPE once the SSH connection is gone. Checked before anything the host would have
+    to know about, such as switching `current`: an agent orphaned by a lost connection never switches a device
+    behind the host's back. True when no reply channel is set (the agent run by hand)."""
+    if REPLY_FD is None:
+        return True
+    try:
+        os.write(REPLY_FD, b"\n")
+        return True
+    except OSError:
+        return False
+
+
 class AgentError(Exception):
     """A failure the agent reports as {"ok": false, "error": ...}; `path`/`line` say where bad input is."""
 

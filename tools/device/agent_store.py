@@ -15,12 +15,14 @@ import re
 import shutil
 import time
 
-from agent_common import AgentError, device_lock, load_json, write_json_atomic
+from agent_common import AgentError, device_lock, host_listening, load_json, write_json_atomic
 from agent_package import package_digest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PASSPORT_FORMAT = "taoflow-device-passport/1"
 MIN_KEEP = 2  # current + one rollback target
+FENCE_FILE = "fenced.json"  # rollout tokens the host stopped: their activations are refused
+MAX_FENCED = 64
 
 
 def check_name(kind, value):
@@ -96,7 +98,7 @@ def _switch_current(models, version):
     os.replace(tmp, os.path.join(models, "current"))
 
 
-def _write_passport(path, name, version, smoke, wave):
+def _write_passport(path, name, version, smoke, wave, rollout=None):
     existing = _read_json(os.path.join(path, "passport.json"))
     lineage = existing.get("lineage") if existing and existing.get("format") == PASSPORT_FORMAT else existing
     build = _read_json(os.path.join(path, "build.json"))
@@ -107,17 +109,26 @@ def _write_passport(path, name, version, smoke, wave):
             "runtime", "runtime_version", "engine_sha256", "model_sha256", "precision", "seconds")},
         "smoke": {k: smoke.get(k) for k in ("passed", "runtime", "runtime_version", "fps", "latency_ms",
                                             "checked_at")},
-        "activated_at": time.time(), "wave": wave,
+        "activated_at": time.time(), "wave": wave, "rollout": rollout,
     }
     write_json_atomic(os.path.join(path, "passport.json"), passport)
     return passport
 
 
-def activate(root, name, version, keep=3, wave=None):
+def activate(root, name, version, keep=3, wave=None, rollout=None):
+    """Install `version` (staged and smoke-tested) and make it current. Refused, with nothing changed, when the
+    host fenced `rollout` (it has since failed or reverted this device) or can no longer hear the reply."""
     models = _models(root, name)
     target = os.path.join(models, check_name("version", version))
     staging = staging_dir(root, name, version)
+    if rollout is not None:
+        check_name("rollout token", rollout)
     with device_lock(root, "models-" + name, wait_s=30):
+        if rollout is not None and rollout in _fenced(models):
+            raise AgentError("rollout {} was stopped for this device by the host; {} is not activated".format(
+                rollout, version))
+        if not host_listening():
+            raise AgentError("the host's connection is gone; {} is not activated".format(version))
         os.makedirs(models, exist_ok=True)
         if os.path.isdir(staging):
             smoke = _check_smoke(staging, version)
@@ -132,7 +143,7 @@ def activate(root, name, version, keep=3, wave=None):
             smoke = _check_smoke(target, version)
         else:
             raise AgentError("version {} of {} is neither staged nor installed".format(version, name))
-        _write_passport(target, name, version, smoke, wave)
+        _write_passport(target, name, version, smoke, wave, rollout)
         _switch_current(models, version)
         history = [v for v in _history(models) if v != version] + [version]
         _write_history(models, history)
@@ -165,18 +176,35 @@ def rollback(root, name, to=None):
     return result
 
 
-def revert(root, name, version):
+def _fenced(models):
+    data = _read_json(os.path.join(models, FENCE_FILE)) or {}
+    return data.get("rollouts", []) if isinstance(data, dict) else []
+
+
+def _fence(models, rollout):
+    os.makedirs(models, exist_ok=True)
+    fenced = [t for t in _fenced(models) if t != rollout][-(MAX_FENCED - 1):] + [rollout]
+    write_json_atomic(os.path.join(models, FENCE_FILE), {"rollouts": fenced})
+
+
+def revert(root, name, version, fence=None):
     """Undo the activation of `version`, for a rollout that aborted after switching this device.
 
     If `version` is current, `current` goes back to the version activated before it; when it was the first
     version of this model on the device, `current` is removed: the device ran no model of this name before the
     rollout, and reverting restores exactly that. `version` leaves the history but stays installed (smoke-tested,
     so `rollback --to` can bring it back) until keep-K prunes it. When `version` is not current nothing changes,
-    so the host can repeat a revert whose reply it lost.
+    so the host can repeat a revert whose reply it lost. With `fence`, that rollout token is recorded first (under
+    the same lock as activation): an agent of that rollout still running on the device (its connection lost)
+    can no longer switch `current` afterwards.
     """
     models = _models(root, name)
     check_name("version", version)
+    if fence is not None:
+        check_name("rollout token", fence)
     with device_lock(root, "models-" + name, wait_s=30):
+        if fence is not None:
+            _fence(models, fence)
         current = current_version(models)
         if current != version:
             result = status(root, name)

@@ -6,8 +6,10 @@
   smoke    --name N --version V           run samples/, compare with expected.json, measure FPS -> smoke.json
            [--activate [--keep K]]        ... and, when it passed, activate in the same call (saves a start-up)
   activate --name N --version V [--keep]  staging -> models/N/V, switch models/N/current atomically
+           [--rollout T]                  ... unless the host has fenced rollout T (smoke --activate too)
   rollback --name N [--to V]              switch current back to the previous (or the given) version
   revert   --name N --version V           undo V's activation if V is current (aborted rollout)
+           [--fence T]                    ... after fencing rollout T: no later activation of T switches
   status   [--name N]                     installed versions, passports and current
   discard  --name N --version V           remove a staged version that will not be activated
 
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
+import agent_common  # noqa: E402
 from agent_common import AgentError  # noqa: E402
 
 AGENT_PROTOCOL = 1
@@ -61,13 +64,13 @@ def run(args):
         return _smoke(args)
     import agent_store
     if args.command == "activate":
-        return agent_store.activate(args.root, args.name, args.version, args.keep, args.wave)
+        return agent_store.activate(args.root, args.name, args.version, args.keep, args.wave, args.rollout)
     if args.command == "rollback":
         return agent_store.rollback(args.root, args.name, args.to)
     if args.command == "discard":
         return agent_store.discard(args.root, args.name, args.version)
     if args.command == "revert":
-        return agent_store.revert(args.root, args.name, args.version)
+        return agent_store.revert(args.root, args.name, args.version, args.fence)
     return agent_store.status(args.root, args.name)
 
 
@@ -84,7 +87,8 @@ def _smoke(args):
         record = agent_store.installed_smoke(args.root, args.name, args.version)
     else:
         record = agent_smoke.smoke(args.root, _package(args), args.runtime, args.iterations)
-    record["activated"] = agent_store.activate(args.root, args.name, args.version, args.keep, args.wave)
+    record["activated"] = agent_store.activate(args.root, args.name, args.version, args.keep, args.wave,
+                                               args.rollout)
     return record
 
 
@@ -116,12 +120,15 @@ def build_parser():
     smoke.add_argument("--activate", action="store_true", help="activate the version if its smoke test passed")
     smoke.add_argument("--keep", type=int, default=3, help="with --activate: versions kept (at least 2)")
     smoke.add_argument("--wave", type=int, default=None)
+    smoke.add_argument("--rollout", default=None, help="with --activate: the host's rollout token")
     for name in ("activate", "discard", "revert"):
         p = sub.add_parser(name)
         p.add_argument("--name", required=True)
         p.add_argument("--version", required=True)
     sub.choices["activate"].add_argument("--keep", type=int, default=3, help="versions kept (at least 2)")
     sub.choices["activate"].add_argument("--wave", type=int, default=None)
+    sub.choices["activate"].add_argument("--rollout", default=None, help="the host's rollout token")
+    sub.choices["revert"].add_argument("--fence", default=None, help="rollout token no activation may use again")
     p = sub.add_parser("rollback")
     p.add_argument("--name", required=True)
     p.add_argument("--to", default=None, help="version to switch to (default: the previous one)")
@@ -140,6 +147,7 @@ def cpu_seconds():
 def main(argv=None):
     # Native libraries (TensorRT's logger, CUDA) may print on fd 1; the JSON must be the only thing there.
     json_out = os.fdopen(os.dup(1), "w")
+    agent_common.REPLY_FD = json_out.fileno()
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     code, args = 0, argparse.Namespace(command=None)
