@@ -8,7 +8,7 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from taoflow.deploy import load_inventory
+from taoflow.deploy import load_inventory, load_package
 from taoflow.deploy.package_builder import build_package, list_images
 from taoflow.deploy.rollout import rollout
 from taoflow.store import digest
@@ -24,15 +24,26 @@ def make_package(export_dir, sample_images, passport, dest, reference_labels=Non
     return str(dest)
 
 
+def etlt_key(package, key_block=None):
+    """The key of a package whose model is an .etlt (tao-converter needs it on the device), from the same sources
+    as training: the Prefect Secret block named `key_block`, else $TAO_MODEL_KEY. Resolved inside the task, never
+    passed as a parameter: Prefect records parameters. None for other models."""
+    if not str(load_package(package).meta.get("model_file", "")).endswith(".etlt"):
+        return None
+    from taoflow.backends.tao.flow_executor import config_from
+    from taoflow.backends.tao.masking import resolve_key
+    return resolve_key(config_from(key_block).key)
+
+
 @task(name="rollout")
-def run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold):
+def run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold, tao_key_block=None):
     logger = get_run_logger()
     fleet = load_inventory(inventory)
     chosen = fleet.select(devices, tags)
     if not chosen:
         raise ValueError(f"no device in {inventory} matches devices={devices} tags={tags}")
     report = rollout(chosen, package, name=model_name, wave_size=wave_size, abort_threshold=abort_threshold,
-                     concurrency=fleet.concurrency, keep=fleet.keep,
+                     concurrency=fleet.concurrency, keep=fleet.keep, etlt_key=etlt_key(package, tao_key_block),
                      on_event=lambda e: logger.info("%s", {k: v for k, v in e.items() if k != "passport"}))
     return report.to_dict(), report.table(), report.summary()
 
@@ -41,9 +52,10 @@ def run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_
 def deploy_ssd(export_dir: str, inventory: str, sample_images: str, model_name: str = "ssd",
                passport: Optional[dict] = None, devices: Optional[list[str]] = None, tags: Optional[list[str]] = None,
                wave_size: int = 8, abort_threshold: float = 0.25, workspace: str = "workspace",
-               reference_labels: Optional[str] = None) -> dict:
+               reference_labels: Optional[str] = None, tao_key_block: Optional[str] = None) -> dict:
     """`reference_labels`: the labels/ TAO's `ssd inference` wrote for `sample_images` with the exported model,
-    needed for TAO's own export (only TensorRT runs it); a native export's detections are computed on the host."""
+    needed for TAO's own export (only TensorRT runs it); a native export's detections are computed on the host.
+    `tao_key_block`: the Prefect Secret block holding the .etlt key (default: $TAO_MODEL_KEY), as in train-ssd."""
     export_dir = Path(export_dir).resolve()
     # the export dir's name is its content key; samples, passport and reference labels are part of the package
     samples = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(sample_images)]
@@ -51,7 +63,8 @@ def deploy_ssd(export_dir: str, inventory: str, sample_images: str, model_name: 
         if reference_labels else None
     dest = Path(workspace).resolve() / "packages" / f"{export_dir.name}-{digest([samples, passport, labels])[:12]}"
     package = make_package(str(export_dir), sample_images, passport, dest, reference_labels)
-    report, table, summary = run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold)
+    report, table, summary = run_rollout(inventory, devices, tags, package, model_name, wave_size, abort_threshold,
+                                         tao_key_block)
     create_table_artifact(table, key="fleet", description=summary)
     create_markdown_artifact(f"# deploy-ssd\n\n{summary}\n", key="deploy-ssd-summary")
     print(summary)

@@ -234,7 +234,8 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             deployed = deploy_ssd(export_dir=stages["export"]["path"], inventory=deploy_inventory,
                                   sample_images=str(val_images), model_name=model_name, passport=passport,
                                   tags=deploy_tags, workspace=str(ws),
-                                  reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"))
+                                  reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"),
+                                  tao_key_block=tao_key_block)
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},

@@ -56,8 +56,12 @@ async def ship_agent(session, progress=None):
 
 
 def agent_command(device, command, args=(), key_on_stdin=False):
-    """The shell line that runs one agent command. The .etlt key, if any, is read from stdin into the
-    environment, so it is never part of a command line that sshd, `ps` or a log could show."""
+    """The shell line that runs one agent command. The .etlt key, if any, is read from stdin into the agent's
+    environment, so it is not part of this command line (which sshd, `ps` and the host's logs can show).
+
+    One place does see it: tao-converter takes the key only as `-k KEY`, so while an engine builds, the key is in
+    that process's argument list, readable by users of the device through `ps` / /proc/PID/cmdline (a Jetson
+    usually has one login). The agent masks it in everything it records or returns (build.json, errors)."""
     root = device.device_root
     # A non-interactive SSH session may have no LANG; Python 3.6 then treats file names as ASCII and a sample
     # named in Chinese (CCPD/CRPD plates) would not open. C.UTF-8 exists on every Ubuntu/L4T.

@@ -29,3 +29,22 @@ def test_a_tao_export_is_packaged_from_taos_labels_and_refused_where_tensorrt_is
     expected = json.loads((Path(result["package"]) / "samples" / "expected.json").read_text())
     assert expected["host"]["runtime"] == "tao ssd inference" and sorted(expected["images"]) == ["a.jpg", "b.jpg"]
     assert not list((nano.root / "staging").rglob("model.onnx"))  # refused before anything was sent
+
+
+def test_the_etlt_key_reaches_the_rollout_from_the_same_sources_as_training(tmp_path, monkeypatch):
+    """deploy-ssd resolves the .etlt key inside its rollout task ($TAO_MODEL_KEY here, or the Secret block named
+    by tao_key_block), never as a flow or task parameter; other models get no key."""
+    import json
+
+    from flows.deploy_ssd import etlt_key
+    from taoflow.deploy.selftest import write_selftest_package
+    onnx = write_selftest_package(tmp_path / "onnx")
+    etlt = write_selftest_package(tmp_path / "etlt")
+    (etlt / "model.onnx").rename(etlt / "model.etlt")
+    meta = json.loads((etlt / "model.json").read_text())
+    (etlt / "model.json").write_text(json.dumps(dict(meta, model_file="model.etlt")))
+    monkeypatch.setenv("TAO_MODEL_KEY", "planted-etlt-key-123")
+    assert etlt_key(str(etlt)) == "planted-etlt-key-123"
+    assert etlt_key(str(onnx)) is None
+    monkeypatch.delenv("TAO_MODEL_KEY")
+    assert etlt_key(str(etlt)) is None  # the rollout's preflight then refuses the devices: "needs a key"

@@ -7,7 +7,9 @@
 
 The engine is written to a temp name and renamed only when the tool succeeded, so a build killed by the OOM
 killer or a dropped SSH session never leaves a truncated model.engine that a later smoke would try to load.
-The .etlt key comes from an environment variable and is masked in every output, command record and error.
+The .etlt key comes from an environment variable (the host sends it on stdin, never on the SSH command line) and
+is masked in every output, command record and error. tao-converter accepts it only as `-k KEY`, so during the
+build it is visible in that process's argument list to users of the device (`ps`); nowhere else.
 """
 
 import os
