@@ -2,7 +2,8 @@
 
 Behaviour reproduced from nvidia_tao_tf1/cv/ssd/scripts/dataset_convert.py and detectnet_v2/dataio/
 {kitti_converter_lib,dataset_converter_lib}.py (see docs in ../shared/reference/tao-ssd-contract.md §2):
-- images: sorted(os.listdir(root/image_dir_name)) ending with image_extension (case-sensitive); stems are frame ids;
+- images: sorted(os.listdir(root/image_dir_name)) ending with image_extension (case-sensitive); stems are frame ids
+  (where no file ends with it, or it is not set, the images are detected from the data: see select_frames);
 - `random` partitions: fold 0 = the first int(val_split/100 * N) sorted stems, fold 1 = the rest; the partitions are
   shuffled by `random.seed(42)`, once while partitioning and once more before sharding, in that order;
 - empty partitions are skipped *before* folds are numbered, each partition is cut into num_shards contiguous shards
@@ -34,7 +35,7 @@ from ..parallel import map_chunks
 from ..spec.dataset_export import DatasetExportSpec, load_dataset_export
 from ..spec.protos import tf_example_pb2 as tfx
 from ..status import StatusLogger
-from .images import dir_prefix, read_image
+from .images import dir_prefix, duplicate_message, is_image_name, read_image
 from .tfrecord_io import TFRecordWriter, format_index
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,80 @@ TAO_SEED = 42
 
 
 def list_frames(images_root: Path, extension: str):
+    """TAO's frame list: stems of sorted(os.listdir()) names ending with extension (case-sensitive)."""
+    return [os.path.splitext(name)[0] for name in _list_names(images_root) if name.endswith(extension)]
+
+
+def _list_names(images_root):
     if not images_root.is_dir():
         raise DataError(f"image directory not found: {images_root}")
-    return [os.path.splitext(f)[0] for f in sorted(os.listdir(images_root)) if f.endswith(extension)]
+    return sorted(os.listdir(images_root))
+
+
+def select_frames(images_root: Path, image_extension: str):
+    """The frames to convert: ([(frame id, file name)] in TAO's order, note about the extension or None).
+
+    TAO's converter lists sorted(os.listdir()) names ending with kitti_config.image_extension (default ".png",
+    case-sensitive) and silently writes no records when none match. taoflow:
+    - image_extension set and some files end with it: exactly TAO's list. Images with other extensions are left
+      out, as TAO leaves them, and the note says how many.
+    - image_extension not set: every JPEG/PNG of the folder (.jpg .jpeg .png in any case, mixed), in TAO's
+      order of sorted file names. For a PNG-only folder that is what TAO's ".png" default gives; for JPEGs or a
+      mix it is what the data holds rather than nothing.
+    - image_extension set but no file ends with it, while the folder holds other JPEG/PNG images (a spec written
+      for ".jpg" over KITTI's PNG frames, or ".png" over ".PNG" files): those images are converted and the note,
+      logged as a warning and kept in the report, names the extension found and how to silence it. Detecting
+      rather than failing, because the extension only selects files: no file matches the spec's, so there is one
+      reading of the folder, the records hold exactly the Examples TAO writes with the corrected spec
+      (frame ids carry no extension), and a spec set reused across CRPD (.jpg) and KITTI (.png) keeps working.
+      TAO itself would write no records here, so taoflow's TFRecords must be used (the train-ssd flow does so for
+      both backends); the note says it.
+    A folder with no JPEG/PNG at all is an error that says what was looked for.
+    """
+    names = _list_names(images_root)
+    if image_extension:
+        matched = [name for name in names if name.endswith(image_extension)]
+        if matched:
+            others = [name for name in _image_names(names) if not name.endswith(image_extension)]
+            note = None
+            if others:
+                note = (f"image_extension {image_extension!r}: {len(others)} image(s) in {images_root} with other "
+                        f"extensions ({_extension_counts(others)}) are not converted, as TAO leaves them; remove "
+                        f"image_extension from the spec to convert every image")
+            return [(os.path.splitext(name)[0], name) for name in matched], note
+    found = _image_names(names)
+    if not found:
+        wanted = f"names ending with {image_extension!r} (image_extension) or any " if image_extension else ""
+        raise DataError(f"no images in {images_root}: looked for {wanted}.jpg/.jpeg/.png files in any case")
+    stems = {}
+    for name in found:
+        stems.setdefault(os.path.splitext(name)[0], []).append(name)
+    for stem, same in stems.items():
+        if len(same) > 1:
+            raise DataError(duplicate_message(stem, same) + "; or set image_extension to pick one",
+                            path=images_root / same[0])
+    note = None
+    if image_extension:
+        note = (f"image_extension {image_extension!r} matches no file in {images_root}; converting the "
+                f"{len(found)} images found there instead ({_extension_counts(found)}). Set image_extension: "
+                f"\"{_main_extension(found)}\" in the spec (or remove it) to silence this; TAO's own dataset_convert "
+                f"would write no records with this spec")
+    return [(os.path.splitext(name)[0], name) for name in found], note
+
+
+def _image_names(names):
+    # Dot files are not frames: macOS leaves AppleDouble "._name.png" files next to images.
+    return [name for name in names if not name.startswith(".") and is_image_name(name)]
+
+
+def _extension_counts(names):
+    counts = Counter(os.path.splitext(name)[1] for name in names)
+    return ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items()))
+
+
+def _main_extension(names):
+    counts = Counter(os.path.splitext(name)[1] for name in names)
+    return max(sorted(counts), key=lambda ext: counts[ext])
 
 
 def partition_frames(spec: DatasetExportSpec, frames):
@@ -259,8 +331,8 @@ def _write_shard(job):
     image_prefix, label_prefix = job["image_prefix"], job["label_prefix"]
     counts, warnings = Counter(), {}
     with TFRecordWriter(job["path"]) as writer:
-        for frame_id in job["frames"]:
-            image_path = image_prefix + frame_id + job["extension"]
+        for frame_id, file_name in job["frames"]:
+            image_path = image_prefix + file_name
             label_path = f"{label_prefix}{frame_id}.txt"
             encoded, (width, height) = read_image(image_path)
             rows = _parse_label_file(label_path)
@@ -306,10 +378,11 @@ def _convert(spec, output, class_names_file, workers, progress, replace):
     classes, class2idx = _class_ids(spec, class_names_file)
     root = spec.root_dir()
     images_root, labels_root = root / k.image_dir_name, root / k.label_dir_name
-    frames = list_frames(images_root, spec.image_extension)
-    if not frames:
-        raise DataError(f"no images ending with {spec.image_extension!r} in {images_root} "
-                        "(image_extension is matched case-sensitively, as TAO does)")
+    selected, extension_note = select_frames(images_root, k.image_extension)
+    if extension_note:
+        log.warning("%s", extension_note)
+    file_names = dict(selected)
+    frames = [frame for frame, _ in selected]
     if not labels_root.is_dir():
         raise DataError(f"label directory not found: {labels_root}")
     out_dir = output.parent
@@ -329,10 +402,11 @@ def _convert(spec, output, class_names_file, workers, progress, replace):
         for p, shards in enumerate(sharded):
             for s, shard in enumerate(shards):
                 final = Path(shard_name(output, p, k.num_partitions, s, k.num_shards))
-                jobs.append({"partition": p, "frames": shard, "final": str(final), "path": str(tmp / final.name),
+                jobs.append({"partition": p, "frames": [(frame, file_names[frame]) for frame in shard],
+                             "final": str(final), "path": str(tmp / final.name),
                              "index_path": str(tmp / f"idx-{final.name}"), "image_prefix": dir_prefix(images_root),
-                             "label_prefix": dir_prefix(labels_root), "extension": spec.image_extension,
-                             "image_dir_name": k.image_dir_name, "class2idx": class2idx})
+                             "label_prefix": dir_prefix(labels_root), "image_dir_name": k.image_dir_name,
+                             "class2idx": class2idx})
         # One task per shard, handed out as workers free up: a worker that runs slower (a busy core) then writes
         # fewer shards instead of holding up the whole step with a fixed half of them.
         results = map_chunks(_write_shards, jobs, workers=workers, desc="tfrecords", progress=progress,
@@ -348,7 +422,14 @@ def _convert(spec, output, class_names_file, workers, progress, replace):
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _report(output, partitions, results, classes, class2idx, warnings)
+    report = _report(output, partitions, results, classes, class2idx, warnings)
+    report["image_extensions"] = _extension_counts_dict(selected)
+    report["image_extension_note"] = extension_note
+    return report
+
+
+def _extension_counts_dict(selected):
+    return dict(sorted(Counter(os.path.splitext(name)[1] for _, name in selected).items()))
 
 
 def _existing_outputs(output):
@@ -417,6 +498,8 @@ def summary(report):
     if report["dropped_unmapped_objects"]:
         lines.append("  dropped (class not in target_class_mapping): " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(report["dropped_unmapped_objects"].items())))
+    if report.get("image_extension_note"):
+        lines.append(f"  note: {report['image_extension_note']}")
     if report["invalid_boxes"]:
         lines.append(f"  {report['invalid_boxes']} boxes failed TAO's x1<x2, y1<y2 check: see {report['warning_file']}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from taoflow.errors import DataError, TaoflowError
 from taoflow.fsutil import tree_digest
 from tests.conftest import write_image, write_text
 
+REPO = Path(__file__).resolve().parents[2]
 LINE = "Car 0.00 0 -1.57 10.00 10.00 40.00 30.00 1.50 1.60 3.90 1.00 1.50 10.00 -1.50"
 
 
@@ -147,3 +149,42 @@ def test_cli_preset_and_class_map(kitti_tree, tmp_path, capsys):
     assert "kitti: 2 images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["-i", "x", "-o", "y", "--class-map", "novalue"])
+
+
+def test_published_kitti_pngs_pass_through_convert_split_and_tfrecords(tmp_path):
+    """KITTI as published (image_2/ 1242x375 PNGs, label_2/ with 9 classes) through the whole data stage, with the
+    traffic TFRecords spec (which names ".jpg"): every image byte reaches the records untouched."""
+    from taoflow.datasets.split import split_dataset
+    from taoflow.datasets.tfrecords import dataset_convert
+    from tests.datasets.kitti_samples import KITTI_CLASSES, write_kitti_frames
+
+    raw = tmp_path / "kitti" / "training"
+    truth = write_kitti_frames(raw / "image_2", raw / "label_2", 6)
+    (raw / "image_2" / "000005.png").rename(raw / "image_2" / "000005.PNG")  # a case variant among them
+    before = tree_digest(raw)
+    report = convert_kitti(raw, tmp_path / "conv", class_map=kitti.TRAFFIC_CLASS_MAP, progress=False)
+    assert report["image_extensions"] == {".PNG": 1, ".png": 5}
+    classes_seen = {cls for objects in truth.values() for cls, _, _ in objects}
+    assert classes_seen == set(KITTI_CLASSES)
+    assert set(report["objects"]) == {"vehicle", "pedestrian", "bicycle", "tram", "misc"}  # unmapped kept
+    assert report["dropped_by_class"] == {"dontcare": 2}
+    split = split_dataset(tmp_path / "conv" / "image", tmp_path / "conv" / "label", tmp_path / "split", val_split=34,
+                          progress=False)
+    assert split["counts"] == {"training": 4, "val": 2}
+    spec = tmp_path / "tfrecords.txt"
+    root = tmp_path / "split" / "training"
+    spec.write_text((REPO / "specs" / "traffic" / "ssd_tfrecords_traffic.txt").read_text()
+                    .replace('"traffic/split/training"', f'"{root}"'))
+    records = dataset_convert(spec, tmp_path / "tfr" / "train", progress=False)
+    assert records["num_images"] == 4 and "'.jpg' matches no file" in records["image_extension_note"]
+    from tfrecord.reader import tfrecord_loader
+    seen = 0
+    for f in sorted((tmp_path / "tfr").glob("train-fold-*")):
+        for r in tfrecord_loader(str(f), None, {"frame/id": "byte", "frame/encoded": "byte", "frame/width": "int"}):
+            stem = bytes(r["frame/id"]).decode().split("/")[1]
+            name = f"{stem}.PNG" if stem == "000005" else f"{stem}.png"
+            assert bytes(r["frame/encoded"]) == (raw / "image_2" / name).read_bytes()
+            assert int(r["frame/width"][0]) == 1242
+            seen += 1
+    assert seen == 4
+    assert tree_digest(raw) == before

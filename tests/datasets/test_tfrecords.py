@@ -216,3 +216,152 @@ def test_spec_rules_follow_tao(tmp_path):
     spec = parse_dataset_export_text(text.replace("100", "10").replace('root_directory_path: "/data"',
                                                                        'root_directory_path: "rel/dir"'))
     assert spec.class_ids() == (["pedestrian", "vehicle"], {"car": 2, "van": 2, "pedestrian": 1})
+
+
+# ------------------------------------------------------------------------------------ image extensions as they come
+
+EXT_SPEC = """
+kitti_config {{
+  root_directory_path: "{root}"
+  image_dir_name: "image"
+  label_dir_name: "label"
+  {extension}
+  partition_mode: "random"
+  num_partitions: 2
+  val_split: 0
+  num_shards: 2
+}}
+image_directory_path: "{root}"
+target_class_mapping {{ key: "car" value: "car" }}
+target_class_mapping {{ key: "van" value: "car" }}
+target_class_mapping {{ key: "pedestrian" value: "pedestrian" }}
+target_class_mapping {{ key: "person_sitting" value: "pedestrian" }}
+target_class_mapping {{ key: "cyclist" value: "cyclist" }}
+"""
+
+
+def convert_with(tmp_path, root, extension_line, name):
+    spec = tmp_path / f"{name}.txt"
+    spec.write_text(EXT_SPEC.format(root=root, extension=extension_line))
+    return dataset_convert(spec, tmp_path / name / "kitti_train", progress=False)
+
+
+def all_records(out_dir):
+    return {bytes(r["frame/id"]).decode(): r for f in sorted(out_dir.glob("kitti_train-fold-*"))
+            for r in read_records(f)}
+
+
+@pytest.fixture()
+def kitti_png(tmp_path):
+    """Real KITTI as published: 1242x375 PNG frames, the 9 classes."""
+    from tests.datasets.kitti_samples import write_kitti_frames
+    root = tmp_path / "kitti_split" / "training"
+    truth = write_kitti_frames(root / "image", root / "label", 5)
+    return root, truth
+
+
+def test_jpg_spec_over_png_kitti_converts_the_pngs_with_a_note(tmp_path, kitti_png, caplog):
+    root, truth = kitti_png
+    before = tree_digest(root)
+    with caplog.at_level("WARNING", logger="taoflow.datasets.tfrecords"):
+        report = convert_with(tmp_path, root, 'image_extension: ".jpg"', "jpg")
+    note = report["image_extension_note"]
+    assert "'.jpg' matches no file" in note and "5 .png" in note and 'image_extension: ".png"' in note
+    assert note in caplog.text
+    assert report["num_images"] == 5 and report["image_extensions"] == {".png": 5}
+    records = all_records(tmp_path / "jpg")
+    assert sorted(records) == [f"image/{stem}" for stem in sorted(truth)]
+    for stem in truth:
+        r = records[f"image/{stem}"]
+        assert bytes(r["frame/encoded"]) == (root / "image" / f"{stem}.png").read_bytes()  # passed through
+        assert (int(r["frame/width"][0]), int(r["frame/height"][0])) == (1242, 375)
+    # The records are those the corrected spec gives, file for file.
+    fixed = convert_with(tmp_path, root, 'image_extension: ".png"', "png")
+    assert fixed["image_extension_note"] is None
+    assert tree_digest(tmp_path / "jpg") == tree_digest(tmp_path / "png")
+    assert tree_digest(root) == before
+
+
+def test_nine_kitti_classes_map_like_tao_samples(tmp_path, kitti_png):
+    root, truth = kitti_png
+    report = convert_with(tmp_path, root, 'image_extension: ".png"', "out")
+    ids = {"car": 1, "van": 1, "cyclist": 2, "pedestrian": 3, "person_sitting": 3}  # sorted targets, 1-based
+    written, dropped = {}, {}
+    for objects in truth.values():
+        for cls, _, _ in objects:
+            counts = written if cls.lower() in ids else dropped
+            counts[cls.lower()] = counts.get(cls.lower(), 0) + 1
+    assert set(dropped) == {"truck", "tram", "misc", "dontcare"}
+    assert report["classes"] == ["car", "cyclist", "pedestrian"]
+    assert report["objects"] == written  # counted per source class, as TAO logs them
+    assert report["dropped_unmapped_objects"] == dropped
+    records = all_records(tmp_path / "out")
+    for stem, objects in truth.items():
+        expected = [float(ids[cls.lower()]) for cls, _, _ in objects if cls.lower() in ids]
+        assert list(records[f"image/{stem}"]["target/object_class_id"]) == expected
+
+
+def test_no_extension_in_spec_detects_mixed_and_case_variants(tmp_path):
+    from tests.conftest import write_image
+    root = tmp_path / "mixed"
+    sizes = {"a.jpg": (64, 48), "b.PNG": (70, 40), "c.jpeg": (50, 60), "d.png": (80, 30), "e.JPG": (40, 40)}
+    for name, (w, h) in sizes.items():
+        write_image(root / "image" / name, w, h)
+        (root / "label").mkdir(exist_ok=True)
+        (root / "label" / f"{name.split('.')[0]}.txt").write_text(kitti_line("car", 1, 2, 20, 25) + "\n")
+    (root / "image" / "notes.txt").write_text("not an image")
+    (root / "image" / "._d.png").write_bytes(b"AppleDouble, not an image")
+    report = convert_with(tmp_path, root, "", "out")
+    assert report["image_extension_note"] is None
+    assert report["image_extensions"] == {".JPG": 1, ".PNG": 1, ".jpeg": 1, ".jpg": 1, ".png": 1}
+    records = all_records(tmp_path / "out")
+    assert sorted(records) == ["image/a", "image/b", "image/c", "image/d", "image/e"]
+    for name, (w, h) in sizes.items():
+        r = records[f"image/{name.split('.')[0]}"]
+        assert bytes(r["frame/encoded"]) == (root / "image" / name).read_bytes()
+        assert (int(r["frame/width"][0]), int(r["frame/height"][0])) == (w, h)
+        assert list(r["target/coordinates_x2"]) == pytest.approx([20 / w])
+
+
+def test_extension_given_and_present_is_honoured_like_tao(tmp_path):
+    from tests.conftest import write_image
+    root = tmp_path / "mixed"
+    for name in ("a.png", "b.jpg", "c.png", "d.PNG"):
+        write_image(root / "image" / name)
+        (root / "label").mkdir(exist_ok=True)
+        (root / "label" / f"{name.split('.')[0]}.txt").write_text(kitti_line("car", 1, 2, 20, 25) + "\n")
+    report = convert_with(tmp_path, root, 'image_extension: ".png"', "out")
+    assert sorted(all_records(tmp_path / "out")) == ["image/a", "image/c"]  # case-sensitive, as TAO
+    assert "2 image(s)" in report["image_extension_note"] and "1 .PNG, 1 .jpg" in report["image_extension_note"]
+
+
+def test_detected_duplicate_stems_and_empty_folder_are_clear_errors(tmp_path):
+    from tests.conftest import write_image
+    root = tmp_path / "dup"
+    write_image(root / "image" / "a.jpg")
+    write_image(root / "image" / "a.png")
+    (root / "label").mkdir()
+    (root / "label" / "a.txt").write_text(kitti_line("car", 1, 2, 20, 25) + "\n")
+    with pytest.raises(DataError, match=r"a.jpg, a.png.*set image_extension"):
+        convert_with(tmp_path, root, "", "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # With the extension given there is no ambiguity.
+    assert convert_with(tmp_path, root, 'image_extension: ".png"', "png")["num_images"] == 1
+    empty = tmp_path / "empty"
+    (empty / "image").mkdir(parents=True)
+    (empty / "label").mkdir()
+    (empty / "image" / "x.bmp").write_bytes(b"BM")
+    with pytest.raises(DataError, match=r"no images in .*'.jpg' \(image_extension\) or any .jpg/.jpeg/.png"):
+        convert_with(tmp_path, empty, 'image_extension: ".jpg"', "e")
+
+
+def test_cli_prints_the_note_and_exits_0(tmp_path, kitti_png):
+    import subprocess
+    import sys
+    root, _ = kitti_png
+    spec = tmp_path / "spec.txt"
+    spec.write_text(EXT_SPEC.format(root=root, extension='image_extension: ".jpg"'))
+    proc = subprocess.run([sys.executable, "-m", "taoflow.cli", "tfrecords", "-d", str(spec), "-o",
+                           str(tmp_path / "cli" / "kitti_train"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "matches no file" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
