@@ -236,9 +236,9 @@ class Session:
             raise DeployError(f"cannot create directories on the device: {err.strip()}", self.device.name)
         head, _, df = out.partition("@df\n")
         found = {}
-        for line in head.splitlines():
-            digest, _, name = line.partition("  ")
-            if len(digest) == 64:
+        for line in head.split("\n"):
+            digest, name = parse_sha256sum_line(line)
+            if digest is not None:
                 found[name] = digest
         rows = df.strip().splitlines()
         try:
@@ -320,6 +320,32 @@ class Session:
             raise UploadError(f"{remote}: checksum mismatch after download", self.device.name)
         tmp.replace(local)
         return local
+
+
+_SHA256SUM_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
+
+
+def parse_sha256sum_line(line):
+    """(digest, file name) of one line of GNU `sha256sum` output, or (None, None).
+
+    A name holding a backslash, newline or carriage return is printed escaped (`\\`, `\n`, `\r`) on a line that
+    starts with a backslash; read literally, such a file would never match its own checksum.
+    """
+    escaped = line.startswith("\\")
+    digest, sep, name = line[escaped:].partition("  ")
+    if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None, None
+    if escaped:
+        out, i = [], 0
+        while i < len(name):
+            if name[i] == "\\" and i + 1 < len(name) and name[i + 1] in _SHA256SUM_ESCAPES:
+                out.append(_SHA256SUM_ESCAPES[name[i + 1]])
+                i += 2
+            else:
+                out.append(name[i])
+                i += 1
+        name = "".join(out)
+    return digest, name
 
 
 class _Completed:

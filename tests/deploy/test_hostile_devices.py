@@ -192,3 +192,32 @@ def test_a_fenced_rollout_cannot_activate(sim_fleet, package_copy, tmp_path):
 
 def test_wrapper_is_valid_python():
     compile(textwrap.dedent(WRAPPER.format(python=sys.executable, mode_file="/x")), "wrapper", "exec")
+
+
+def test_file_names_with_backslashes_and_newlines_upload_and_verify(sim_fleet, selftest_package, tmp_path):
+    """sha256sum escapes such names on the device; read literally they never matched their checksum."""
+    import shutil
+
+    from taoflow.deploy import deploy_to_device
+    sims = sim_fleet(1)
+    device = load_inventory(sims.write_inventory(sys.executable)).devices[0]
+    pkg = tmp_path / "odd"
+    shutil.copytree(selftest_package, pkg)
+    expected = json.loads((pkg / "samples" / "expected.json").read_text())
+    old = sorted(expected["images"])[0]
+    new = "plate \\ back\nslash.png"
+    (pkg / "samples" / old).rename(pkg / "samples" / new)
+    expected["images"][new] = expected["images"].pop(old)
+    (pkg / "samples" / "expected.json").write_text(json.dumps(expected))
+    result = deploy_to_device(device, load_package(pkg), name="lpd")
+    assert result["current"] == load_package(pkg).version and result["smoke"]["passed"]
+    assert (sims.devices[0].root / "models" / "lpd" / result["current"] / "samples" / new).is_file()
+
+
+def test_sha256sum_lines_with_escaped_names():
+    from taoflow.deploy.ssh import parse_sha256sum_line
+    digest = "ab" * 32
+    assert parse_sha256sum_line(f"{digest}  a b.png") == (digest, "a b.png")
+    assert parse_sha256sum_line(f"\\{digest}  x\\\\y\\nz\\r.png") == (digest, "x\\y\nz\r.png")
+    assert parse_sha256sum_line("sha256sum: x: No such file or directory") == (None, None)
+    assert parse_sha256sum_line(f"{'zz' * 32}  fake") == (None, None)
