@@ -60,6 +60,7 @@ class ExperimentSpec:
     variances: list = field(default_factory=list)
     steps: list = None
     offsets: list = None
+    text: str = ""  # the spec file's text, for positions in later checks (check_native)
 
     @property
     def ssd(self):
@@ -103,7 +104,7 @@ def validate_experiment(raw, text, path, task):
         eff.ssd_config.CopyFrom(raw.dssd_config)
     _apply_defaults(eff)
 
-    spec = ExperimentSpec(path=str(path), raw=raw, effective=eff, is_dssd=is_dssd)
+    spec = ExperimentSpec(path=str(path), raw=raw, effective=eff, is_dssd=is_dssd, text=text)
     if raw.WhichOneof("network") is not None:
         _check_ssd_config(chk, spec, "dssd_config" if is_dssd else "ssd_config")
     if raw.HasField("augmentation_config"):
@@ -116,8 +117,32 @@ def validate_experiment(raw, text, path, task):
         _check_nms(chk, eff.nms_config)
     if raw.HasField("dataset_config"):
         spec.classes = _check_dataset(chk, eff.dataset_config, task)
+    if task == "train" and raw.training_config.HasField("early_stopping"):
+        _check_early_stopping(chk, eff)
     chk.raise_if_any()
     return spec
+
+
+def _check_early_stopping(chk, eff):
+    """TAO's train.py raises for a validation_loss monitor without validation data or evaluated less than every
+    epoch (Keras would otherwise compare against a metric missing on most epochs)."""
+    if early_stopping_monitor(eff) != "validation_loss":
+        return
+    p = "training_config.early_stopping.monitor"
+    usable_val = [v for v in eff.dataset_config.validation_data_sources
+                  if v.image_directory_path and v.label_directory_path]
+    if not usable_val:
+        chk.fail(p, "validation_loss needs dataset_config.validation_data_sources (image and label directories)")
+    if eff.eval_config.validation_period_during_training != 1:
+        chk.fail(p, "validation_loss needs eval_config.validation_period_during_training: 1 (TAO's rule)")
+
+
+def early_stopping_monitor(eff):
+    """The metric early stopping watches, with TAO's alias val_loss -> validation_loss; None when not set."""
+    if not eff.training_config.HasField("early_stopping"):
+        return None
+    monitor = eff.training_config.early_stopping.monitor
+    return "validation_loss" if monitor == "val_loss" else monitor
 
 
 def _apply_defaults(eff):
@@ -275,3 +300,78 @@ def _check_dataset(chk, d, task):
         chk.fail(f"{p}.type", "must be kitti or coco")
     return sorted({v.lower() for v in d.target_class_mapping.values()})
 
+
+
+# ------------------------------------------------------------------------------------------------ native backend
+
+# Backbones taoflow's native backend builds (taoflow.backends.native.model.RESNET_BLOCKS).
+NATIVE_RESNET_DEPTHS = (10, 18, 34, 50)
+TAO_BACKEND_HINT = 'use the TAO backend (backend="tao" in the train-ssd flow, or TAO\'s own `tao model ssd`)'
+
+
+def check_native(spec, task="train"):
+    """What taoflow's native backend would otherwise silently get wrong in a valid TAO spec.
+
+    Fields that would change the trained model (QAT, DSSD heads, other backbones, COCO data, mixed data source
+    kinds) raise one SpecError naming file:line of each; fields that cannot change the model (a logging or loader
+    knob, or one TAO's SSD itself ignores) come back as warning lines `file:line: field: ... ignored ...` for the
+    caller to log. See the README's native backend section for the list.
+    """
+    chk = Checker(spec.path, spec.text)
+    warnings = []
+
+    def warn(field, message, index=0):
+        line, _ = chk.locator.find(field, index)
+        warnings.append(f"{spec.path}:{line}: {field}: {message}" if line else f"{spec.path}: {field}: {message}")
+
+    raw = spec.raw
+    if raw.WhichOneof("network") == "dssd_config":
+        chk.fail("dssd_config", f"the native backend builds SSD, not DSSD (its prediction modules and "
+                                f"deconvolution layers); {TAO_BACKEND_HINT}, or rename the block ssd_config")
+    net = "dssd_config" if spec.is_dssd else "ssd_config"
+    ssd = spec.effective.ssd_config
+    if raw.WhichOneof("network") is not None and (ssd.arch != "resnet" or ssd.nlayers not in NATIVE_RESNET_DEPTHS):
+        chk.fail(f"{net}.arch", f"the native backend builds resnet {', '.join(map(str, NATIVE_RESNET_DEPTHS))}; "
+                                f"the spec asks for {ssd.arch}{ssd.nlayers or ''}: {TAO_BACKEND_HINT}")
+    d = raw.dataset_config
+    if d.type == "coco":
+        chk.fail("dataset_config.type", "the native backend reads KITTI labels (TFRecords or image/label folders), "
+                                        f"not COCO; convert to KITTI or {TAO_BACKEND_HINT}")
+    if task == "train":
+        t = raw.training_config
+        if t.enable_qat:
+            chk.fail("training_config.enable_qat", "the native backend does not do quantization-aware training; "
+                                                   f"{TAO_BACKEND_HINT}, or set enable_qat: false")
+        kinds = {bool(src.tfrecords_path) for src in d.data_sources}
+        if len(kinds) > 1:
+            first_raw = next(i for i, src in enumerate(d.data_sources) if not src.tfrecords_path)
+            chk.fail("dataset_config.data_sources", "mixes tfrecords_path sources with image/label directory "
+                     "sources; TAO picks one reader from the first source and fails on the others. Use one kind "
+                     "(convert the folders with `taoflow tfrecords`, or list folders only)", first_raw)
+        for i, src in enumerate(d.data_sources):
+            if src.root_path:
+                warn("dataset_config.data_sources.root_path", "ignored, as TAO's SSD ignores it; give absolute "
+                     "paths (or paths relative to the working directory)", i)
+        if t.HasField("optimizer"):
+            warn("training_config.optimizer", "ignored: SSD training uses SGD with momentum 0.9, in TAO as here")
+        if t.HasField("cost_scaling") and t.cost_scaling.enabled:
+            warn("training_config.cost_scaling", "ignored, as TAO's SSD ignores it (use --use_amp for mixed "
+                                                 "precision)")
+        if t.model_ema:
+            warn("training_config.model_ema", "ignored, as TAO's SSD ignores it")
+        for name in ("resume_model_path", "pretrain_model_path", "pruned_model_path"):
+            if getattr(t, name):
+                warn(f"training_config.{name}", "ignored, as TAO's SSD ignores it; pass the model with -m")
+        for name in ("n_workers", "max_queue_size", "use_multiprocessing"):
+            if getattr(t, name):
+                warn(f"training_config.{name}", "ignored: a Keras loader setting; the native backend decodes "
+                     "every image once into a cache")
+        if t.HasField("visualizer") and (t.visualizer.enabled or t.visualizer.HasField("clearml_config")
+                                         or t.visualizer.HasField("wandb_config")):
+            warn("training_config.visualizer", "ignored: the native backend writes no TensorBoard events and "
+                 "starts no ClearML/W&B task of its own (the train-ssd flow tracks runs in ClearML)")
+    if task == "evaluate" and raw.eval_config.visualize_pr_curve:
+        warn("eval_config.visualize_pr_curve", "ignored: the native evaluate writes no PR_curve.png (the "
+                                               "train-ssd flow's report plots PR curves)")
+    chk.raise_if_any()
+    return warnings

@@ -113,10 +113,27 @@ def _setup_logging(args):
                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
 
 
+def _check_spec(args):
+    """Refuse, before any work, spec fields the native backend cannot honour; log those it ignores (check_native).
+
+    train() runs the same check itself, so only the other tasks that read a spec need it here.
+    """
+    spec_path = {"evaluate": "experiment_spec", "inference": "experiment_spec", "export": "experiment_spec",
+                 "prune": "experiment_spec_path"}.get(args.task)
+    if spec_path is None or getattr(args, spec_path) is None:
+        return
+    from ...spec import load_experiment
+    from ...spec.experiment import check_native
+    task = args.task if args.task in ("evaluate", "inference", "export") else "any"
+    for warning in check_native(load_experiment(getattr(args, spec_path), task=task), task=task):
+        logging.getLogger("taoflow.backends.native").warning("%s", warning)
+
+
 def run(args):
     if args.task == "dataset_convert":
         from ...datasets.tfrecords import run_cli
         return run_cli(args)
+    _check_spec(args)
     if args.gpu_index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in args.gpu_index)
     if args.task == "train" and args.gpus > 1 and "WORLD_SIZE" not in os.environ:

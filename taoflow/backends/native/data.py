@@ -1,4 +1,13 @@
-"""Training data: TAO TFRecords decoded once into a fixed-size cache, augmented per batch on the training device.
+"""Training data: TAO TFRecords, or raw KITTI folders, decoded once into a fixed-size cache, augmented per batch on
+the training device.
+
+TAO trains from TFRecords with DALI when `data_sources[0].tfrecords_path` is set, and otherwise from image/label
+folders with a Keras Sequence (`image_directory_path` + `label_directory_path`, as in TAO's `_seq`/`_qat` sample
+specs). Both land in the same DetectionCache here. Folders are read the way TAO's sequence reads them
+(cv/common/dataio/detection_data_sequence.py): `<label dir>/<image stem>.txt`, lowercased classes mapped through
+target_class_mapping (others skipped), difficult = occlusion != 0 (left out unless include_difficult_in_training),
+boxes normalised by the image size, clipped to [0, 1], dropped when 1e-3 or less wide or high. Images are found by
+content-checked extension (.jpg .jpeg .png, any case, mixed in one folder), as for validation.
 
 TAO resizes every image to the network input without keeping the aspect ratio, so caching each image stretched to a
 fixed size (a multiple of the input) changes nothing geometrically: boxes stay normalised. Decoding once instead of
@@ -25,6 +34,7 @@ from ...spec.protos import tf_example_pb2
 
 CROP_MIN_IOUS = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # None = keep the whole image
 CROP_TRIALS = 50
+MIN_BOX_SIZE = 1e-3  # TAO's sequence drops normalised boxes this narrow or short (_filter_invalid_labels)
 
 
 @dataclass
@@ -41,6 +51,12 @@ class DetectionCache:
 
 def _decode(args):
     encoded, cache_hw, channels = args
+    if isinstance(encoded, str):  # a raw-KITTI image path: read in the worker thread, not all up front
+        try:
+            with open(encoded, "rb") as f:
+                encoded = f.read()
+        except OSError:
+            return None
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     img = cv2.imdecode(np.frombuffer(encoded, np.uint8), flag)
     if img is None:
@@ -67,7 +83,7 @@ def load_tfrecords(patterns, cache_hw, channels=3, include_difficult=True, worke
                 examples.append((path, ex.features.feature))
     if not examples:
         raise DataError(f"the TFRecords matching {patterns} hold no images")
-    boxes, labels, difficult, ids, jobs = [], [], [], [], []
+    boxes, labels, difficult, ids, jobs, where = [], [], [], [], [], []
     for _path, f in examples:
         coords = [np.asarray(f[k].float_list.value, np.float32) for k in
                   ("target/coordinates_x1", "target/coordinates_y1", "target/coordinates_x2", "target/coordinates_y2")]
@@ -82,14 +98,56 @@ def load_tfrecords(patterns, cache_hw, channels=3, include_difficult=True, worke
         difficult.append(diff[keep])
         ids.append(f["frame/id"].bytes_list.value[0].decode("utf-8", "replace"))
         jobs.append((f["frame/encoded"].bytes_list.value[0], cache_hw, channels))
+        where.append(f"image {ids[-1]!r} stored in {_path}")
+    return DetectionCache(_decode_all(jobs, where, workers), boxes, labels, difficult, ids)
+
+
+def _decode_all(jobs, where, workers):
     # cv2 releases the GIL while decoding, so threads scale without copying bytes between processes.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         decoded = list(pool.map(_decode, jobs, chunksize=16))
-    for (path, _), frame, img in zip(examples, ids, decoded):
+    for what, img in zip(where, decoded):
         if img is None:
-            raise DataError(f"cannot decode image {frame!r} stored in {path}")
-    images = torch.from_numpy(np.stack(decoded))
-    return DetectionCache(images, boxes, labels, difficult, ids)
+            raise DataError(f"cannot decode {what}")
+    return torch.from_numpy(np.stack(decoded))
+
+
+def load_kitti_folders(sources, target_class_mapping, cache_hw, channels=3, include_difficult=True, workers=None):
+    """Read every (image_directory_path, label_directory_path) source the way TAO's training sequence does."""
+    from .kitti_eval_data import load_kitti_eval_data
+
+    boxes, labels, difficult, ids, jobs, where = [], [], [], [], [], []
+    for image_dir, label_dir in sources:
+        _, samples = load_kitti_eval_data(image_dir, label_dir, target_class_mapping, what="training")
+        for sample in samples:
+            b = np.asarray(sample.boxes, np.float64).reshape(-1, 4) / ([sample.width, sample.height] * 2)
+            b = np.clip(b, 0, 1).astype(np.float32)
+            keep = (b[:, 2] - b[:, 0] > MIN_BOX_SIZE) & (b[:, 3] - b[:, 1] > MIN_BOX_SIZE)
+            if not include_difficult:
+                keep &= ~sample.difficult
+            boxes.append(b[keep])
+            labels.append(sample.labels[keep])
+            difficult.append(sample.difficult[keep])
+            ids.append(str(sample.image_path))
+            jobs.append((str(sample.image_path), cache_hw, channels))
+            where.append(f"image {sample.image_path}")
+    if not ids:
+        raise DataError(f"the training data sources {[str(i) for i, _ in sources]} hold no images")
+    return DetectionCache(_decode_all(jobs, where, workers), boxes, labels, difficult, ids)
+
+
+def load_training_data(dataset_config, cache_hw, channels=3, workers=None):
+    """The spec's training data: TFRecords when the sources give tfrecords_path, else KITTI folders (TAO's rule)."""
+    sources = list(dataset_config.data_sources)
+    if not sources:
+        raise DataError("dataset_config has no data_sources to train on")
+    include_difficult = dataset_config.include_difficult_in_training
+    if sources[0].tfrecords_path:
+        return load_tfrecords([s.tfrecords_path for s in sources if s.tfrecords_path], cache_hw, channels,
+                              include_difficult, workers)
+    folders = [(s.image_directory_path, s.label_directory_path) for s in sources]
+    return load_kitti_folders(folders, dict(dataset_config.target_class_mapping), cache_hw, channels,
+                              include_difficult, workers)
 
 
 def sample_views(rng, boxes_list, aug):

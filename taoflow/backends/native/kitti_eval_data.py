@@ -1,4 +1,5 @@
-"""Raw KITTI ground truth for validation and `evaluate`, read the way TAO's SSD data sequence reads it.
+"""Raw KITTI ground truth for validation, `evaluate` and training from folders, read the way TAO's SSD data sequence
+reads it.
 
 Sources (NVIDIA/tao_tensorflow1_backend, TAO 5):
 - `nvidia_tao_tf1/cv/common/dataio/detection_data_sequence.py` and `ssd/builders/data_sequence.py`: classes are
@@ -84,30 +85,33 @@ def parse_eval_label(label_path, source_to_id):
             np.asarray(difficult, dtype=bool))
 
 
-def list_eval_images(image_dir):
+def list_eval_images(image_dir, what="validation"):
     """Image paths of a directory, sorted by name; DataError when the directory is missing or has no image."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise DataError("validation image directory not found", path=image_dir)
+        raise DataError(f"{what} image directory not found", path=image_dir)
     # Two files with one stem (a.jpg, a.png) both stay, each evaluated against a.txt, as in TAO.
     paths = sorted(p for p in image_dir.iterdir()
                    if p.is_file() and not p.name.startswith(".") and imgs.is_image_name(p.name))
     if not paths:
-        raise DataError(f"no images ({', '.join(imgs.IMAGE_EXTENSIONS)}) in the validation image directory",
+        raise DataError(f"no images ({', '.join(imgs.IMAGE_EXTENSIONS)}, any case) in the {what} image directory",
                         path=image_dir)
     return paths
 
 
-def load_kitti_eval_data(image_dir, label_dir, target_class_mapping, missing_labels="error"):
-    """Return (classes, [EvalSample]) for one validation data source (image_directory_path, label_directory_path)."""
+def load_kitti_eval_data(image_dir, label_dir, target_class_mapping, missing_labels="error", what="validation"):
+    """Return (classes, [EvalSample]) for one data source (image_directory_path, label_directory_path).
+
+    what ("validation" or "training") names the source in errors.
+    """
     if missing_labels not in MISSING_LABEL_CHOICES:
         raise ValueError(f"missing_labels must be one of {', '.join(MISSING_LABEL_CHOICES)}, got {missing_labels!r}")
     classes, source_to_id = class_ids(target_class_mapping)
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
-        raise DataError("validation label directory not found", path=label_dir)
+        raise DataError(f"{what} label directory not found", path=label_dir)
     samples = []
-    for image_path in list_eval_images(image_dir):
+    for image_path in list_eval_images(image_dir, what):
         label_path = label_dir / f"{image_path.stem}{imgs.LABEL_EXTENSION}"
         if not label_path.is_file():
             if missing_labels == "skip":
@@ -117,7 +121,7 @@ def load_kitti_eval_data(image_dir, label_dir, target_class_mapping, missing_lab
         boxes, labels, difficult = parse_eval_label(label_path, source_to_id)
         samples.append(EvalSample(image_path, label_path, width, height, boxes, labels, difficult))
     if not samples:
-        raise DataError("no validation image has a label file", path=image_dir)
+        raise DataError(f"no {what} image has a label file", path=image_dir)
     return classes, samples
 
 

@@ -6,6 +6,12 @@ NaN where not evaluated), status.json lines, validation every validation_period_
 momentum 0.9 (TAO's SSD ignores the spec's optimizer), soft-start/annealing learning rate updated per batch, the
 spec's L1/L2 regulariser on conv kernels. `-m ckpt --initial_epoch N` resumes with optimizer state and the same
 data order, so an interrupted run ends with the same weights as an uninterrupted one (bit-exact on CPU).
+
+Training data comes from TFRecords (`tfrecords_path`) or straight from KITTI folders (`image_directory_path` +
+`label_directory_path`, TAO's `_seq`/`_qat` sample form); see data.py. early_stopping works as TAO's Keras callback
+(monitor loss or validation_loss, min_delta, patience; the stopping epoch is checkpointed). Spec fields the native
+backend cannot honour are refused (enable_qat, DSSD, other backbones, COCO) or, where they cannot change the model,
+logged as ignored: taoflow.spec.experiment.check_native.
 """
 
 import csv
@@ -20,11 +26,12 @@ import torch
 
 from ...errors import TaoflowError
 from ...spec import load_experiment, render
+from ...spec.experiment import check_native, early_stopping_monitor
 from ...status import StatusLogger
 from .box_coder import encode, match
 from .build import anchors_for, build_model, iterations_per_epoch, regularization, soft_start_annealing_lr
 from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint, save_checkpoint
-from .data import load_tfrecords, make_batch
+from .data import load_training_data, make_batch
 from .loss import ssd_loss
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,8 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
           device=None, max_iterations=None, evaluate_fn=None):
     """Train per the spec; return a dict with the final checkpoint path and per-epoch metrics."""
     spec = load_experiment(spec_path, task="train")
+    for warning in check_native(spec, task="train"):
+        log.warning("%s", warning)
     rank, world, local_rank = distributed_context()
     main_process = rank == 0
     results = Path(results_dir)
@@ -121,12 +130,8 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
 
     c, h, w = arch["input"]
     anchors = anchors_for(spec, arch["nlayers"]).to(device)
-    sources = [s.tfrecords_path for s in spec.effective.dataset_config.data_sources if s.tfrecords_path]
-    if not sources:
-        raise TaoflowError("the native backend trains from TFRecords: set dataset_config.data_sources.tfrecords_path")
     t0 = time.time()
-    data = load_tfrecords(sources, (round(h * CACHE_SCALE), round(w * CACHE_SCALE)), c,
-                          spec.effective.dataset_config.include_difficult_in_training)
+    data = load_training_data(spec.effective.dataset_config, (round(h * CACHE_SCALE), round(w * CACHE_SCALE)), c)
     log.info("decoded %d training images in %.1f s", len(data), time.time() - t0)
     if device.type == "cuda":  # keep the decoded images on the GPU: batches are gathered and warped there
         data.images = data.images.to(device)
@@ -152,6 +157,7 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
 
     step, last_ckpt, lr = start_step, None, 0.0
     period = spec.effective.eval_config.validation_period_during_training
+    stopper = EarlyStopping(spec.effective)
     for epoch in range(initial_epoch, tc.num_epochs + 1):
         model.train()
         _freeze_bn(model, spec)
@@ -182,9 +188,14 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
         if main_process and evaluate_fn is not None and period and epoch % period == 0:
             metrics.update(evaluate_fn(model, spec, anchors, device))
         history.append(metrics)
+        stop = stopper.update(metrics) if main_process else False
+        if world > 1:  # rank 0 decides (it alone validates), so every rank leaves the loop together
+            flag = torch.tensor([int(stop)], device=device if device.type == "cuda" else "cpu")
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
         if main_process:
             _write_csv(csv_path, history, spec.classes)
-        if main_process and (epoch % tc.checkpoint_interval == 0 or epoch == tc.num_epochs):
+        if main_process and (epoch % tc.checkpoint_interval == 0 or epoch == tc.num_epochs or stop):
             last_ckpt = results / "weights" / weights_name(spec, epoch)
             save_checkpoint(last_ckpt, model, arch, spec.classes, epoch=epoch, optimizer=optimizer,
                             global_step=step, spec_text=render(spec.raw))
@@ -196,10 +207,45 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
                  f"mAP {metrics['mAP']:.4f} " if "mAP" in metrics else "", elapsed)
         if world > 1:
             torch.distributed.barrier()
+        if stop:
+            log.info("early stopping: %s did not improve by more than %g for %d epoch(s); stopped after epoch %d",
+                     stopper.monitor, stopper.min_delta, stopper.patience, epoch)
+            status.write(f"Early stopping after epoch {epoch}: {stopper.monitor} stopped improving")
+            break
         if max_iterations is not None and step >= max_iterations:
             break
     status.write("Training finished successfully.", status="SUCCESS")
-    return {"checkpoint": str(last_ckpt) if last_ckpt else None, "history": history, "steps": step}
+    return {"checkpoint": str(last_ckpt) if last_ckpt else None, "history": history, "steps": step,
+            "stopped_early": stopper.stopped_epoch}
+
+
+class EarlyStopping:
+    """TAO's training_config.early_stopping, as the Keras callback TAO adds: after each epoch, the monitored value
+    improves when it is below the best so far by more than min_delta; after `patience` epochs in a row without
+    improvement training stops. An epoch without the value (validation_loss on an epoch that was not validated)
+    is skipped, as Keras skips it with a warning."""
+
+    def __init__(self, effective):
+        self.monitor = early_stopping_monitor(effective)
+        es = effective.training_config.early_stopping
+        self.min_delta, self.patience = abs(es.min_delta), es.patience
+        self.best, self.wait, self.stopped_epoch = math.inf, 0, None
+
+    def update(self, metrics):
+        if self.monitor is None:
+            return False
+        current = metrics.get(self.monitor)
+        if current is None or not math.isfinite(current):
+            log.debug("early stopping: no %s after epoch %s", self.monitor, metrics.get("epoch"))
+            return False
+        if current + self.min_delta < self.best:
+            self.best, self.wait = current, 0
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = metrics.get("epoch")
+            return True
+        return False
 
 
 def _freeze(model, spec):
