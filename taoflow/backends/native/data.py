@@ -7,7 +7,10 @@ specs). Both land in the same DetectionCache here. Folders are read the way TAO'
 (cv/common/dataio/detection_data_sequence.py): `<label dir>/<image stem>.txt`, lowercased classes mapped through
 target_class_mapping (others skipped), difficult = occlusion != 0 (left out unless include_difficult_in_training),
 boxes normalised by the image size, clipped to [0, 1], dropped when 1e-3 or less wide or high. Images are found by
-content-checked extension (.jpg .jpeg .png, any case, mixed in one folder), as for validation.
+extension (.jpg .jpeg .png, any case, mixed in one folder; TAO's are case-sensitive), as for validation. Louder than
+TAO, as kitti_eval_data is: an image without a label file, or a label line TAO would crash on or silently skip, is a
+DataError naming file and line instead of a skipped image. Training data read this way goes through the same
+augmentation as TFRecords (TAO's DALI chain), not the slightly different one of TAO's Keras sequence.
 
 TAO resizes every image to the network input without keeping the aspect ratio, so caching each image stretched to a
 fixed size (a multiple of the input) changes nothing geometrically: boxes stay normalised. Decoding once instead of

@@ -308,3 +308,12 @@ def test_evaluate_names_visualize_pr_curve_as_ignored(tmp_path, caplog):
     code, out = cli("evaluate", "-e", spec, "-m", tmp_path / "missing.pth")
     assert code == 2 and "model file not found" in out  # the warning came first, then the real problem
     assert f"[WARNING] taoflow.backends.native: {spec}:35: eval_config.visualize_pr_curve: ignored" in out
+
+
+def test_export_names_infer_nms_score_bits_as_ignored():
+    spec = parse_experiment_text(BASE.replace("top_k: 200", "top_k: 200\n  infer_nms_score_bits: 12"), task="export",
+                                 path="e.txt")
+    assert check_native(spec, task="export") == [
+        "e.txt:40: nms_config.infer_nms_score_bits: ignored: the native ONNX export ends before NMS (the device "
+        "runs it), so there is no NMS plugin to pass scoreBits to"]
+    assert check_native(spec, task="train") == []
