@@ -36,6 +36,7 @@ COMMANDS = {
                             "rollback"),
     ("device", "doctor"): ("taoflow.deploy.cli", "what a device has and lacks for deploys, with advice", "doctor"),
     ("tao", "preflight"): ("taoflow.backends.tao.cli", "check that TAO can run through the launcher"),
+    ("etlt",): ("taoflow.etlt.cli", "decode | encode | info: look inside .etlt models with NVIDIA's codec"),
 }
 
 

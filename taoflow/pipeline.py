@@ -329,6 +329,8 @@ def stage_prune(store, cfg, trained, executor):
 def stage_export(store, cfg, trained, executor):
     material = {"model": trained.key, "precision": cfg.export_precision, "backend": executor.name,
                 "code": code_version("backends/native/export.py")}
+    if getattr(executor, "export_format", "onnx") != "onnx":  # .etlt: another output (ONNX keys stay as they were)
+        material["format"] = executor.export_format
 
     def produce(tmp, _key):
         written = executor.export(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained),

@@ -13,7 +13,7 @@ import sys
 
 from ...errors import TaoflowError
 
-KEY_HELP = "TAO model key; accepted for compatibility, native artifacts are not encrypted"
+KEY_HELP = "TAO model key (native checkpoints are not encrypted; `export --etlt` encodes the model with it)"
 
 
 def _common(p):
@@ -97,6 +97,9 @@ def build_parser():
     p.add_argument("-s", "--strict_type_constraints", action="store_true")
     p.add_argument("--force_ptq", action="store_true")
     p.add_argument("--onnx_route", default="torch", help="accepted for TAO compatibility")
+    p.add_argument("--etlt", action="store_true",
+                   help="write a .etlt (the ONNX encoded with -k KEY or $TAO_MODEL_KEY by NVIDIA's codec, as TAO "
+                        "does; needs Python 3.10 or 3.12 for the codec, see README)")
     _common(p)
 
     p = sub.add_parser("dataset_convert", help="TFRecords exactly as TAO's dataset_convert writes them")

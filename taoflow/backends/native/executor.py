@@ -9,8 +9,14 @@ import numpy as np
 class NativeExecutor:
     name = "native"
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, export_format="onnx", etlt_key=None):
+        """export_format "etlt": export writes model.etlt (the ONNX encoded with `etlt_key`, a string or a callable
+        returning it, default $TAO_MODEL_KEY) and keeps the plain model.onnx beside it on the host."""
+        if export_format not in ("onnx", "etlt"):
+            raise ValueError(f"export_format {export_format!r}: choose onnx or etlt")
         self.device = device
+        self.export_format = export_format
+        self._etlt_key = etlt_key
 
     def _device(self):
         from .train import pick_device
@@ -42,6 +48,11 @@ class NativeExecutor:
 
     def export(self, spec_path, model_path, output, precision):
         from .export import export_onnx
+        if self.export_format == "etlt":
+            import os
+            key = self._etlt_key() if callable(self._etlt_key) else self._etlt_key
+            return export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True,
+                               etlt_key=key or os.environ.get("TAO_MODEL_KEY") or "", keep_onnx=True)
         return export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True)
 
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):

@@ -6,6 +6,11 @@ in the graph: ONNX NonMaxSuppression is experimental in TensorRT's parser and TA
 exist in ONNX Runtime. The device runs NMS after the network and lays the result out exactly as TAO's NMS plugin
 output, so one parser handles TAO engines and taoflow models (docs/model-package.md). Every exported op is checked
 against the TensorRT parser's supported list before the file is written.
+
+`--etlt -k KEY` (`etlt_key`) writes that same ONNX encoded as TAO's exports are: a `.etlt` whose header has an empty
+input name (an ONNX payload) followed by the payload encrypted by NVIDIA's codec (taoflow.etlt, run in its own
+Python 3.10/3.12). model.json names the .etlt and records the payload's sha256, so whoever decodes it (the package
+builder, `taoflow etlt decode`) can tell a wrong key from the right model; devices build it with tao-converter.
 """
 
 import json
@@ -45,27 +50,42 @@ class ExportHead(torch.nn.Module):
 
 
 def export_onnx(spec_path, model_path, output_file=None, opset=MAX_OPSET, data_type="fp32", static_batch_size=-1,
-                gen_ds_config=False, cal_image_dir=None, cal_data_file=None, batches=10, batch_size=16):
-    """Export a checkpoint; return the paths written."""
+                gen_ds_config=False, cal_image_dir=None, cal_data_file=None, batches=10, batch_size=16,
+                etlt_key=None, keep_onnx=False):
+    """Export a checkpoint; return the paths written.
+
+    `etlt_key`: write `<output>.etlt` (the ONNX encoded with this key, as TAO does) instead of `.onnx`; with
+    `keep_onnx` the plain ONNX it was encoded from stays beside it as `<stem>.onnx` (the flow keeps it on the host
+    for its parity gate; it is never shipped: model.json names the .etlt).
+    """
     import onnx
 
     if opset > MAX_OPSET:
         raise TaoflowError(f"--target_opset {opset} is above {MAX_OPSET}, the newest TensorRT 8.x on Jetson parses")
     if data_type == "int8" and not cal_image_dir and not cal_data_file:
         raise TaoflowError("--data_type int8 needs --cal_image_dir (images to calibrate with) or --cal_data_file")
+    if etlt_key is not None and not etlt_key:
+        raise TaoflowError("--etlt needs the model key: -k KEY or $TAO_MODEL_KEY")
+    suffix = ".etlt" if etlt_key else ".onnx"
+    output = Path(output_file or f"{os.path.splitext(model_path)[0]}{suffix}")
+    if not etlt_key and output.suffix == ".etlt":
+        raise TaoflowError(f"-o {output} is a .etlt: add --etlt (and the key: -k KEY or $TAO_MODEL_KEY)")
+    if etlt_key and output.suffix == ".onnx":
+        output = output.with_suffix(".etlt")
+    if output.suffix != suffix:
+        output = output.with_name(output.name + suffix)
+    plain = output.with_suffix(".onnx") if etlt_key and keep_onnx else None
+    for path in filter(None, (output, plain)):
+        if path.exists():
+            raise TaoflowError(f"{path} already exists; export never overwrites a model (choose another -o)")
     spec, model, arch = load_model_for(spec_path, model_path, task="export")
-    output = Path(output_file or f"{os.path.splitext(model_path)[0]}.onnx")
-    if output.suffix != ".onnx":
-        output = output.with_name(output.name + ".onnx")
-    if output.exists():
-        raise TaoflowError(f"{output} already exists; export never overwrites a model (choose another -o)")
     output.parent.mkdir(parents=True, exist_ok=True)
     c, h, w = arch["input"]
     head = ExportHead(model.eval(), anchors_for(spec, arch["nlayers"]), spec.variances).eval()
     batch = 1 if static_batch_size <= 0 else static_batch_size
     dummy = torch.zeros(batch, c, h, w)
     dynamic = None if static_batch_size > 0 else {"Input": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp = output.with_name(f".{output.stem}.onnx.tmp-{os.getpid()}")
     try:
         with warnings.catch_warnings():
             # The legacy TorchScript exporter is deprecated but is the one that still writes opset <= 13.
@@ -77,12 +97,21 @@ def export_onnx(spec_path, model_path, output_file=None, opset=MAX_OPSET, data_t
         bad = unsupported_ops(onnx_model)
         if bad:
             raise TaoflowError(f"the exported graph uses ops TensorRT's ONNX parser rejects: {', '.join(bad)}")
-        os.replace(tmp, output)
+        if etlt_key:
+            from ...etlt import encode_file
+            payload_sha256 = file_sha256(tmp)
+            encode_file(tmp, output, etlt_key)  # atomic: a failed encoding leaves no .etlt
+            if plain is not None:
+                os.replace(tmp, plain)
+        else:
+            os.replace(tmp, output)
     finally:
         if tmp.exists():
             tmp.unlink()
 
-    written = {"onnx": str(output)}
+    written = {"etlt": str(output)} if etlt_key else {"onnx": str(output)}
+    if plain is not None:
+        written["onnx"] = str(plain)
     nms = spec.effective.nms_config
     sidecar = {
         "format": "taoflow-ssd/1",
@@ -102,6 +131,10 @@ def export_onnx(spec_path, model_path, output_file=None, opset=MAX_OPSET, data_t
         "source": {"checkpoint": str(model_path), "checkpoint_sha256": file_sha256(model_path),
                    "spec_sha256": file_sha256(spec_path), "taoflow_version": __version__},
     }
+    if etlt_key:
+        # TAO's layout (an empty input name: ONNX payload); the payload's sha256 tells a wrong key from the model
+        sidecar["etlt"] = {"codec": "eff_tao_encryption", "payload": "onnx", "input_name": "",
+                           "payload_sha256": payload_sha256}
     write_text_atomic(output.parent / "model.json", json.dumps(sidecar, indent=2) + "\n")
     written["model_json"] = str(output.parent / "model.json")
     if gen_ds_config:
@@ -120,9 +153,11 @@ def _write_ds_config(output, spec, sidecar):
     config = output.parent / "nvinfer_config.txt"
     # DeepStream cannot parse taoflow's decoded outputs with its built-in NMS parser; the config records the
     # preprocessing a custom parser would need (TAO's own SSD configs use the NMS plugin's NvDsInferParseCustomNMSTLT).
+    model_line = [f"onnx-file={output.name}"] if output.suffix == ".onnx" else [
+        f"tlt-encoded-model={output.name}", "# tlt-model-key=<the model key: never written here>"]
     write_text_atomic(config, "\n".join([
         "[property]",
-        f"onnx-file={output.name}",
+        *model_line,
         f"labelfile-path={labels.name}",
         "net-scale-factor=1.0",
         "offsets=" + ";".join(f"{m:g}" for m in inp["mean"]),
@@ -158,9 +193,14 @@ def _write_calibration(image_dir, out_path, spec, c, h, w, count):
 def export_cli(args):
     if not args.experiment_spec:
         raise TaoflowError("native export needs -e/--experiment_spec (the anchors and input size come from it)")
+    key = None
+    if getattr(args, "etlt", False):
+        key = args.key or os.environ.get("TAO_MODEL_KEY")
+        if not key:
+            raise TaoflowError("--etlt needs the model key: -k KEY or $TAO_MODEL_KEY")
     written = export_onnx(args.experiment_spec, args.model, args.output_file, args.target_opset, args.data_type,
                           args.static_batch_size, args.gen_ds_config, args.cal_image_dir, args.cal_data_file,
-                          args.batches, args.batch_size)
+                          args.batches, args.batch_size, etlt_key=key)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
