@@ -166,7 +166,7 @@ def find_splits(input_dir, splits=None):
 def _convert_one(item, out_root, config):
     split, stem, image_path, label_path = item  # paths as str: see imgs.dir_prefix
     try:
-        width, height = imgs.image_size(image_path)
+        width, height = imgs.image_size(image_path, config["max_side"])
         plates = parse_crpd_file(label_path)
     except DataError as err:
         return {"split": split, "stem": stem, "problem": imgs.problem_from(err)}
@@ -207,8 +207,9 @@ def _convert_chunk(items, out_root, config):
     return results
 
 
-def _check_options(class_mode, min_size, on_error):
+def _check_options(class_mode, min_size, on_error, max_side):
     imgs.check_on_error(on_error)
+    imgs.check_max_side(max_side)
     if class_mode not in CLASS_MODES:
         raise TaoflowError(f"class_mode must be one of {', '.join(CLASS_MODES)}, got {class_mode!r}")
     if not (isinstance(min_size, (int, float)) and math.isfinite(min_size) and min_size >= 0):
@@ -216,9 +217,12 @@ def _check_options(class_mode, min_size, on_error):
 
 
 def convert_crpd(input_dir, output_dir, class_mode="lpd", min_size=4.0, splits=None, workers=1, progress=True,
-                 replace=False, on_error="fail"):
-    """Convert a CRPD subset root (train/ val/ test/) or a single split dir to TAO KITTI; return the report."""
-    _check_options(class_mode, min_size, on_error)
+                 replace=False, on_error="fail", max_side=imgs.MAX_IMAGE_SIDE):
+    """Convert a CRPD subset root (train/ val/ test/) or a single split dir to TAO KITTI; return the report.
+
+    An image whose header claims more than max_side pixels a side is a bad file like a truncated one (on_error).
+    """
+    _check_options(class_mode, min_size, on_error, max_side)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     found = find_splits(input_dir, splits)
     fsutil.check_not_inside(output_dir, input_dir)
@@ -231,7 +235,7 @@ def convert_crpd(input_dir, output_dir, class_mode="lpd", min_size=4.0, splits=N
         items += [(split, stem, image, label) for stem, image, label in pairs]
     if problems and on_error == "fail":
         imgs.raise_problem(problems[0])
-    config = {"class_mode": class_mode, "min_size": float(min_size), "on_error": on_error}
+    config = {"class_mode": class_mode, "min_size": float(min_size), "on_error": on_error, "max_side": max_side}
     with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
         for split, _, _ in found:
             for sub in ("image", "label"):
@@ -304,6 +308,7 @@ def add_cli_arguments(parser):
                         help="convert only this split directory (repeatable; default all)")
     parser.add_argument("--on-error", choices=imgs.ON_ERROR_CHOICES, default="fail",
                         help="fail on a bad image or label file (default), or skip that image and report it")
+    imgs.add_max_side_argument(parser)
     parser.add_argument("-j", "--workers", type=int, default=default_workers(), help="worker processes")
     parser.add_argument("--replace", action="store_true", help="replace an existing output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -312,7 +317,7 @@ def add_cli_arguments(parser):
 def run_cli(args):
     report = convert_crpd(args.input_dir, args.output_dir, class_mode=args.class_mode, min_size=args.min_size,
                           splits=args.splits, workers=args.workers, progress=not args.no_progress,
-                          replace=args.replace, on_error=args.on_error)
+                          replace=args.replace, on_error=args.on_error, max_side=args.max_image_side)
     print(summary(report), file=sys.stderr)
     return 0
 

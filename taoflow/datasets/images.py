@@ -5,6 +5,10 @@ the PNG IHDR chunk, and integrity is judged from the last bytes of the file, whi
 or copy shows. The format is detected from the file's signature, not its extension, because TAO's converter (PIL)
 and DALI's decoder do the same.
 
+Headers are also checked against a size limit (MAX_IMAGE_SIDE pixels a side unless the step is given another):
+a header can claim 65000x65000 pixels in a file of a few kilobytes, which every check that reads only the header
+passes, and which then makes the decoder (OpenCV, DALI) fail at training time without naming the file.
+
 This module also holds the per-file problem policy shared by the converters: a problem is a small dict
 (`path`, `line`, `error`) that is either raised as a DataError (`on_error="fail"`) or reported as a skip.
 """
@@ -29,23 +33,31 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 # Markers without a length field: TEM, RST0-7, SOI.
 _JPEG_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 _TAIL_BYTES = 4096
+# Largest width or height accepted by default: 16384 covers any camera frame (an 8K frame is 7680 wide) and keeps a
+# decoded image under OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS, 2^30 pixels).
+MAX_IMAGE_SIDE = 16384
 
 
 def is_image_name(name):
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def image_size(path):
-    """Return (width, height) of a JPEG or PNG from its header; DataError if unreadable or truncated."""
+def image_size(path, max_side=MAX_IMAGE_SIDE):
+    """Return (width, height) of a JPEG or PNG from its header; DataError if unreadable, truncated, or wider or
+    higher than max_side pixels (None: no limit).
+
+    This is the image check of every data step (convert, split, TFRecords, training and evaluation from folders):
+    one function, so that a file one step accepts is not refused by the next.
+    """
     try:
         with open(path, "rb") as f:
-            size = _size_of(f, path)
+            size = _size_of(f, path, max_side)
     except OSError as e:
         raise DataError(f"cannot read image: {e.strerror or e}", path=path) from None
     return size
 
 
-def read_image(path):
+def read_image(path, max_side=MAX_IMAGE_SIDE):
     """Return (bytes, (width, height)) of a whole JPEG or PNG file, with the checks and errors of image_size.
 
     For callers that need the bytes anyway (TFRecords embed them): one open and one read instead of two.
@@ -55,10 +67,23 @@ def read_image(path):
             data = f.read()
     except OSError as e:
         raise DataError(f"cannot read image: {e.strerror or e}", path=path) from None
-    return data, _size_of(io.BytesIO(data), path)
+    return data, _size_of(io.BytesIO(data), path, max_side)
 
 
-def _size_of(f, path):
+def check_max_side(max_side):
+    """max_side as given to a step: a positive integer, or None for no limit."""
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise TaoflowError(f"max_image_side must be a positive number of pixels, got {max_side!r}")
+
+
+def add_max_side_argument(parser):
+    parser.add_argument("--max-image-side", "--max_image_side", dest="max_image_side", type=int,
+                        default=MAX_IMAGE_SIDE, metavar="PX",
+                        help=f"refuse an image whose header claims a width or height above PX pixels "
+                             f"(default {MAX_IMAGE_SIDE}; such a file fails later in the decoder)")
+
+
+def _size_of(f, path, max_side=MAX_IMAGE_SIDE):
     head = f.read(32)
     if not head:
         raise DataError("image file is empty", path=path)
@@ -72,6 +97,9 @@ def _size_of(f, path):
         raise DataError("not a JPEG or PNG file (unrecognised signature)", path=path)
     if size[0] <= 0 or size[1] <= 0:
         raise DataError(f"image header gives an empty size {size[0]}x{size[1]}", path=path)
+    if max_side is not None and max(size) > max_side:
+        raise DataError(f"image header claims {size[0]}x{size[1]} pixels, more than the limit of {max_side} a side "
+                        f"(--max-image-side); decoders fail on such images: resize or exclude it", path=path)
     return size
 
 

@@ -237,7 +237,7 @@ def map_class(name, class_map, drop_classes, drop_unmapped):
 def _convert_one(item, out_dir, config):
     stem, image_path, label_path = item
     try:
-        width, height = imgs.image_size(image_path)
+        width, height = imgs.image_size(image_path, config["max_side"])
         parsed = read_kitti_lines(label_path, config["allow_scores"])
     except DataError as err:
         return {"stem": stem, "problem": imgs.problem_from(err)}
@@ -283,12 +283,14 @@ def _convert_chunk(items, out_dir, config):
 
 
 def convert_kitti(input_dir, output_dir, class_map=None, drop_classes=("dontcare",), allow_scores=False, workers=1,
-                  progress=True, replace=False, on_error="fail", drop_unmapped=False):
+                  progress=True, replace=False, on_error="fail", drop_unmapped=False, max_side=imgs.MAX_IMAGE_SIDE):
     """Convert a KITTI dataset (image_2/+label_2/ or image/+label/) into TAO's image/+label/ layout; return the report.
 
     Labels are rewritten as strict 15-field lines with class names lowercased and remapped; images are hard-linked.
+    An image whose header claims more than max_side pixels a side is a bad file like a truncated one (on_error).
     """
     imgs.check_on_error(on_error)
+    imgs.check_max_side(max_side)
     class_map = normalize_class_map(class_map)
     if drop_unmapped and not class_map:
         raise TaoflowError("drop_unmapped needs a class map (--preset or --class-map), or every object is dropped")
@@ -302,7 +304,7 @@ def convert_kitti(input_dir, output_dir, class_map=None, drop_classes=("dontcare
         raise DataError(f"no usable image/label pairs in {image_dir} and {label_dir}", path=input_dir)
     config = {
         "class_map": class_map, "drop_classes": frozenset(c.lower() for c in drop_classes),
-        "drop_unmapped": drop_unmapped, "allow_scores": allow_scores, "on_error": on_error,
+        "drop_unmapped": drop_unmapped, "allow_scores": allow_scores, "on_error": on_error, "max_side": max_side,
     }
     with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
         (tmp / "image").mkdir()
@@ -377,6 +379,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--allow-scores", action="store_true", help="accept 16-field lines and drop the score column")
     parser.add_argument("--on-error", choices=imgs.ON_ERROR_CHOICES, default="fail",
                         help="fail on a bad image or label file (default), or skip that image and report it")
+    imgs.add_max_side_argument(parser)
     parser.add_argument("-j", "--workers", type=int, default=default_workers(), help="worker processes")
     parser.add_argument("--replace", action="store_true", help="replace an existing output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -388,7 +391,7 @@ def run_cli(args):
     report = convert_kitti(
         args.input_dir, args.output_dir, class_map=class_map or None, allow_scores=args.allow_scores,
         workers=args.workers, progress=not args.no_progress, replace=args.replace, on_error=args.on_error,
-        drop_unmapped=args.drop_unmapped,
+        drop_unmapped=args.drop_unmapped, max_side=args.max_image_side,
     )
     print(summary(report), file=sys.stderr)
     return 0

@@ -4,6 +4,8 @@ TAO's sample scripts take the first val_split% of `os.listdir` (filesystem order
 *moves* the files. Here the input is never touched: files are hard-linked (copied across filesystems) into
 `<output>/training/{image,label}` and `<output>/val/{image,label}`, every image extension counts, and the choice is
 reproducible: stems sorted, shuffled with random.Random(seed), the first int(N * val_split / 100) go to val.
+Images get the check `convert` gives them (images.image_size: header, truncation, size limit), so a file that
+convert would refuse is not passed on by split.
 """
 
 import json
@@ -35,10 +37,11 @@ def check_val_split(val_split):
                            f"100 or more would leave no training images")
 
 
-def _check_chunk(jobs, out_root=None):
-    """Per (side, image, label): (label problem, {class: objects}, link error); the first label problem ends it.
+def _check_chunk(jobs, out_root=None, max_side=imgs.MAX_IMAGE_SIDE):
+    """Per (side, image, label): (problem, {class: objects}, link error); the first problem ends it.
 
-    Strict validation: a label TAO's converter would reject should fail here, naming file:line, not later in TAO.
+    Strict validation: an image convert would refuse (imgs.image_size, the same check) or a label TAO's converter
+    would reject should fail here, naming the file (and line), not later in TAO or in training.
     Problems come back as data so the caller raises the first one in sorted order whatever the worker count.
     With out_root, each image and label is also linked under out_root/side. A failed link comes back as data too
     and stops the linking, not the checking: a bad label further on is still the error to raise.
@@ -46,6 +49,7 @@ def _check_chunk(jobs, out_root=None):
     out, linking = [], out_root is not None
     for side, image, label in jobs:
         try:
+            imgs.image_size(image, max_side)
             classes = kitti_class_counts(label)
         except DataError as err:
             out.append((imgs.problem_from(err), None, None))
@@ -115,9 +119,10 @@ def _per_class(stems, classes):
 
 
 def split_dataset(image_dir, label_dir, output_dir, val_split=10, seed=42, stratify=False, workers=1, progress=True,
-                  replace=False):
+                  replace=False, max_side=imgs.MAX_IMAGE_SIDE):
     """Link a KITTI image/label pair of directories into <output>/training and <output>/val; return split.json."""
     check_val_split(val_split)
+    imgs.check_max_side(max_side)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TaoflowError(f"seed must be an integer, got {seed!r}")
     image_dir, label_dir, output_dir = Path(image_dir), Path(label_dir), Path(output_dir)
@@ -139,7 +144,7 @@ def split_dataset(image_dir, label_dir, output_dir, val_split=10, seed=42, strat
             val = choose_val([stem for stem, _, _ in pairs], None, val_split, seed)
         else:
             classes = _check_labels(pairs, [(None, image, label) for _, image, label in pairs], None, workers,
-                                    progress, pool)
+                                    progress, pool, max_side)
             val = choose_val(classes.keys(), classes, val_split, seed, stratify)
         jobs = [("val" if stem in val else "training", image, label) for stem, image, label in pairs]
         with fsutil.atomic_dir(output_dir, replace=replace) as tmp:
@@ -147,7 +152,7 @@ def split_dataset(image_dir, label_dir, output_dir, val_split=10, seed=42, strat
                 for sub in ("image", "label"):
                     (tmp / side / sub).mkdir(parents=True)
             if one_pass:
-                classes = _check_labels(pairs, jobs, str(tmp), workers, progress, pool)
+                classes = _check_labels(pairs, jobs, str(tmp), workers, progress, pool, max_side)
             else:
                 map_chunks(partial(_link_chunk, out_root=str(tmp)), jobs, workers=workers, desc="link",
                            progress=progress, pool=pool)
@@ -168,9 +173,9 @@ def split_dataset(image_dir, label_dir, output_dir, val_split=10, seed=42, strat
     return report
 
 
-def _check_labels(pairs, jobs, out_root, workers, progress, pool):
+def _check_labels(pairs, jobs, out_root, workers, progress, pool, max_side):
     """Run _check_chunk over jobs; return {stem: {class: objects}}, raising the first problem in sorted order."""
-    results = map_chunks(partial(_check_chunk, out_root=out_root), jobs, workers=workers,
+    results = map_chunks(partial(_check_chunk, out_root=out_root, max_side=max_side), jobs, workers=workers,
                          desc="labels" if out_root is None else "split", progress=progress, pool=pool)
     for bad, _, _ in results:
         if bad:
@@ -197,6 +202,7 @@ def add_cli_arguments(parser):
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed (default 42)")
     parser.add_argument("--stratify", action="store_true",
                         help="keep each class's share of val close to val_split (groups images by their rarest class)")
+    imgs.add_max_side_argument(parser)
     parser.add_argument("-j", "--workers", type=int, default=default_workers(), help="worker processes")
     parser.add_argument("--replace", action="store_true", help="replace an existing output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -205,7 +211,7 @@ def add_cli_arguments(parser):
 def run_cli(args):
     report = split_dataset(args.input_image_dir, args.input_label_dir, args.output_dir, val_split=args.val_split,
                            seed=args.seed, stratify=args.stratify, workers=args.workers,
-                           progress=not args.no_progress, replace=args.replace)
+                           progress=not args.no_progress, replace=args.replace, max_side=args.max_image_side)
     print(summary(report), file=sys.stderr)
     return 0
 

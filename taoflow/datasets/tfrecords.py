@@ -35,7 +35,8 @@ from ..parallel import map_chunks
 from ..spec.dataset_export import DatasetExportSpec, load_dataset_export
 from ..spec.protos import tf_example_pb2 as tfx
 from ..status import StatusLogger
-from .images import dir_prefix, duplicate_message, is_image_name, read_image
+from .images import (MAX_IMAGE_SIDE, add_max_side_argument, check_max_side, dir_prefix, duplicate_message,
+                     is_image_name, read_image)
 from .tfrecord_io import TFRecordWriter, format_index
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ def _write_shard(job):
         for frame_id, file_name in job["frames"]:
             image_path = image_prefix + file_name
             label_path = f"{label_prefix}{frame_id}.txt"
-            encoded, (width, height) = read_image(image_path)
+            encoded, (width, height) = read_image(image_path, job["max_side"])
             rows = _parse_label_file(label_path)
             writer.write_parts(_example(frame_id, job["image_dir_name"], encoded, width, height, rows,
                                         job["class2idx"], label_path, warnings, counts))
@@ -345,14 +346,23 @@ def _write_shard(job):
 
 
 def dataset_convert(spec, output_filename, class_names_file=None, workers=1, progress=True, results_dir=None,
-                    replace=False):
-    """Write TAO-layout TFRecords for the KITTI dataset a dataset_convert spec describes; return a report dict."""
+                    replace=False, max_side=MAX_IMAGE_SIDE):
+    """Write TAO-layout TFRecords for the KITTI dataset a dataset_convert spec describes; return a report dict.
+
+    The spec, the class names, the dataset's folders and the output prefix are validated before anything is
+    created (status.json included). Records are written into a temporary directory next to the output, then each file
+    is moved into place, and only then are older files of the same prefix that the new run does not write removed:
+    a reader never sees the prefix without records. An image whose header claims more than max_side pixels a side
+    fails the step, naming the file, as a truncated one does.
+    """
+    check_max_side(max_side)
     if not isinstance(spec, DatasetExportSpec):
         spec = load_dataset_export(spec, require_mapping=class_names_file is None)
+    plan = _plan(spec, output_filename, class_names_file, replace)
     status = StatusLogger(results_dir)
     status.write("Starting Object Detection Dataset Convert.", status="STARTED")
     try:
-        report = _convert(spec, Path(output_filename), class_names_file, workers, progress, replace)
+        report = _convert(spec, plan, workers, progress, max_side)
     except TaoflowError as e:
         status.write(str(e), status="FAILURE")
         raise
@@ -367,46 +377,73 @@ def _class_ids(spec, class_names_file):
     path = Path(class_names_file)
     if not path.is_file():
         raise DataError(f"class names file not found: {path}")
-    classes = sorted({line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the class names file: {e}", path=path) from None
+    classes = sorted({line.strip().lower() for line in text.splitlines() if line.strip()})
     if not classes:
         raise DataError("class names file is empty", path=path)
     return classes, {c: i + 1 for i, c in enumerate(classes)}
 
 
-def _convert(spec, output, class_names_file, workers, progress, replace):
+def _check_prefix(output_filename):
+    """The -o prefix as a Path; TaoflowError when it names a directory (TAO's -o is a file name prefix)."""
+    text = os.fspath(output_filename)
+    output = Path(text)
+    if not text or output.name in ("", ".", "..") or text.endswith(("/", os.sep)) or output.is_dir():
+        example = output / "crpd_train" if output.name not in ("", ".", "..") else Path("out") / "crpd_train"
+        raise TaoflowError(f"-o {text} is a directory; -o is the TFRecord file prefix (e.g. {example})")
+    return output
+
+
+def _plan(spec, output_filename, class_names_file, replace):
+    """Everything _convert needs, validated without creating or changing any file."""
+    output = _check_prefix(output_filename)
     k = spec.kitti
     classes, class2idx = _class_ids(spec, class_names_file)
     root = spec.root_dir()
     images_root, labels_root = root / k.image_dir_name, root / k.label_dir_name
     selected, extension_note = select_frames(images_root, k.image_extension)
-    if extension_note:
-        log.warning("%s", extension_note)
-    file_names = dict(selected)
-    frames = [frame for frame, _ in selected]
     if not labels_root.is_dir():
         raise DataError(f"label directory not found: {labels_root}")
     out_dir = output.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TaoflowError(f"-o {output}: {out_dir} is not a directory")
     if out_dir.resolve() in (images_root.resolve(), labels_root.resolve()):
         raise TaoflowError(f"output {output} is inside the dataset's image or label directory; write it elsewhere")
     existing = _existing_outputs(output)
     if existing and not replace:
         raise OutputExistsError(f"TFRecords already exist for prefix {output} (e.g. {existing[0].name}); "
                                 "pass --replace to overwrite them")
-
-    partitions = partition_frames(spec, frames)
+    frames = [frame for frame, _ in selected]
+    partitions = partition_frames(spec, frames)  # reads the sequence file, when there is one
     sharded = shard_partitions(partitions, k.num_shards)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=out_dir))
+    return {"output": output, "classes": classes, "class2idx": class2idx, "images_root": images_root,
+            "labels_root": labels_root, "selected": selected, "extension_note": extension_note,
+            "partitions": partitions, "sharded": sharded}
+
+
+def _convert(spec, plan, workers, progress, max_side):
+    k = spec.kitti
+    output, images_root, labels_root = plan["output"], plan["images_root"], plan["labels_root"]
+    if plan["extension_note"]:
+        log.warning("%s", plan["extension_note"])
+    file_names = dict(plan["selected"])
+    out_dir = output.parent
+    created = _make_dirs(out_dir)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=out_dir))
         jobs = []
-        for p, shards in enumerate(sharded):
+        for p, shards in enumerate(plan["sharded"]):
             for s, shard in enumerate(shards):
                 final = Path(shard_name(output, p, k.num_partitions, s, k.num_shards))
                 jobs.append({"partition": p, "frames": [(frame, file_names[frame]) for frame in shard],
                              "final": str(final), "path": str(tmp / final.name),
                              "index_path": str(tmp / f"idx-{final.name}"), "image_prefix": dir_prefix(images_root),
                              "label_prefix": dir_prefix(labels_root), "image_dir_name": k.image_dir_name,
-                             "class2idx": class2idx})
+                             "class2idx": plan["class2idx"], "max_side": max_side})
         # One task per shard, handed out as workers free up: a worker that runs slower (a busy core) then writes
         # fewer shards instead of holding up the whole step with a fixed half of them.
         results = map_chunks(_write_shards, jobs, workers=workers, desc="tfrecords", progress=progress,
@@ -416,16 +453,51 @@ def _convert(spec, output, class_names_file, workers, progress, replace):
             warnings.update(r["warnings"])
         if warnings:
             (tmp / f"{output.name}_warning.json").write_text(json.dumps(warnings, indent=2))
-        for old in existing:
-            old.unlink()
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    report = _report(output, partitions, results, classes, class2idx, warnings)
-    report["image_extensions"] = _extension_counts_dict(selected)
-    report["image_extension_note"] = extension_note
+        _publish(tmp, output)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):  # directories this run created, deepest first, when still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    report = _report(output, plan["partitions"], results, plan["classes"], plan["class2idx"], warnings)
+    report["image_extensions"] = _extension_counts_dict(plan["selected"])
+    report["image_extension_note"] = plan["extension_note"]
     return report
+
+
+def _make_dirs(directory):
+    """mkdir -p; return the directories it created, outermost first."""
+    missing = []
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    missing.reverse()
+    for d in missing:
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass
+    return missing
+
+
+def _publish(tmp, output):
+    """Move the new files into place one by one (os.replace: a reader sees the old file or the new one), then remove
+    the older outputs of the prefix that the new run did not write (a shard or fold count that changed, a warning
+    file from an earlier run). Files that are not outputs of this prefix are never touched."""
+    out_dir = output.parent
+    new = sorted(f.name for f in tmp.iterdir())
+    old = _existing_outputs(output)
+    for name in new:
+        os.replace(tmp / name, out_dir / name)
+    for path in old:
+        if path.name not in new:
+            path.unlink(missing_ok=True)
 
 
 def _extension_counts_dict(selected):
@@ -433,8 +505,16 @@ def _extension_counts_dict(selected):
 
 
 def _existing_outputs(output):
+    """Regular files in output's directory that this prefix writes (records, idx- files, the warning json)."""
     names = (f"{output.name}-", f"idx-{output.name}-", f"{output.name}_warning.json")
-    return sorted(p for p in output.parent.iterdir() if p.name.startswith(names) or p.name == output.name)
+    try:
+        entries = list(os.scandir(output.parent))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise TaoflowError(f"cannot list the output directory {output.parent}: {e.strerror or e}") from None
+    return sorted(Path(e.path) for e in entries
+                  if (e.name.startswith(names) or e.name == output.name) and e.is_file(follow_symlinks=False))
 
 
 def _report(output, partitions, results, classes, class2idx, warnings):
@@ -475,6 +555,7 @@ def add_cli_arguments(parser):
     parser.add_argument("-r", "--results_dir", default=None, help="directory for status.json")
     parser.add_argument("-c", "--class_names_file", default=None,
                         help="class names, one per line; used only when target_class_mapping is empty")
+    add_max_side_argument(parser)
     parser.add_argument("-j", "--workers", type=int, default=1, help="parallel processes (shards are the unit)")
     parser.add_argument("--replace", action="store_true", help="overwrite TFRecords already written with this prefix")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -483,7 +564,7 @@ def add_cli_arguments(parser):
 def run_cli(args):
     report = dataset_convert(args.dataset_export_spec, args.output_filename, class_names_file=args.class_names_file,
                              workers=args.workers, progress=not args.no_progress, results_dir=args.results_dir,
-                             replace=args.replace)
+                             replace=args.replace, max_side=args.max_image_side)
     print(summary(report))
     return 0
 

@@ -21,6 +21,7 @@ from taoflow.datasets import crpd, kitti, split
 from taoflow.errors import TaoflowError
 from taoflow.fsutil import tree_digest
 from tests.conftest import write_image, write_text
+from tests.datasets.hostile_images import write_huge_image
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = {"crpd": crpd, "kitti": kitti, "split": split}
@@ -129,6 +130,38 @@ CASES = {
     "split_empty_dataset": Case("split", lambda i, lbl, r: [p.unlink() for d in (i, lbl) for p in d.iterdir()],
                                 "no images found", ("image", None)),
     "split_output_inside_input": Case("split", None, "overlaps the input", output="in/image/val"),
+    # Headers claiming 65000x65000 (or 60000x60000) pixels: header-only checks pass them, OpenCV fails on them in
+    # training naming no file, so every step refuses them against --max-image-side (default 16384).
+    "crpd_huge_jpeg_header": Case("crpd", lambda i, lbl, r: write_huge_image(i / "a.jpg"),
+                                  "claims 65000x65000 pixels.*limit of 16384", ("train/images/a.jpg", None)),
+    "crpd_huge_png_header_skipped": Case("crpd", lambda i, lbl, r: ((i / "b.jpg").unlink(),
+                                                                    write_huge_image(i / "b.png", 60000)),
+                                         "claims 60000x60000", ("train/images/b.png", None),
+                                         args=["--on-error", "skip"], skip="skipped"),
+    "crpd_max_image_side_option": Case("crpd", None, "claims 80x50 pixels.*limit of 64", ("train/images/a.jpg", None),
+                                       args=["--max-image-side", "64"]),
+    "crpd_max_image_side_zero": Case("crpd", None, "max_image_side must be a positive", args=["--max-image-side", "0"]),
+    "kitti_huge_png_header": Case("kitti", lambda i, lbl, r: ((i / "b.jpg").unlink(), write_huge_image(i / "b.png")),
+                                  "claims 65000x65000", ("image_2/b.png", None)),
+    "kitti_huge_jpeg_header_skipped": Case("kitti", lambda i, lbl, r: write_huge_image(i / "a.jpg", 60000),
+                                           "claims 60000x60000", ("image_2/a.jpg", None),
+                                           args=["--on-error", "skip"], skip="skipped"),
+    "split_huge_jpeg_header": Case("split", lambda i, lbl, r: write_huge_image(i / "b.jpg"), "claims 65000x65000",
+                                   ("image/b.jpg", None)),
+    "split_huge_png_header_stratified": Case("split", lambda i, lbl, r: ((i / "a.jpg").unlink(),
+                                                                         write_huge_image(i / "a.png", 60000)),
+                                             "claims 60000x60000", ("image/a.png", None), args=["--stratify"]),
+    "split_max_image_side_option": Case("split", None, "limit of 64", ("image/a.jpg", None),
+                                        args=["--max-image-side", "64"]),
+    # split checks images with convert's own check (images.image_size), not only the labels.
+    "split_truncated_jpeg": Case("split", lambda i, lbl, r: truncate(i / "b.jpg"), "truncated or corrupt JPEG",
+                                 ("image/b.jpg", None)),
+    "split_truncated_jpeg_replace": Case("split", lambda i, lbl, r: truncate(i / "a.jpg"), "truncated or corrupt JPEG",
+                                         ("image/a.jpg", None), args=["--replace"]),
+    "split_corrupt_png": Case("split", lambda i, lbl, r: (i / "a.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30),
+                              "corrupt PNG", ("image/a.jpg", None)),
+    "split_empty_image_file": Case("split", lambda i, lbl, r: (i / "b.jpg").write_bytes(b""), "image file is empty",
+                                   ("image/b.jpg", None)),
 }
 
 

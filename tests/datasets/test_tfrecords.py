@@ -196,7 +196,7 @@ def test_bad_label_names_file_and_line_and_leaves_nothing(tmp_path, kitti_root, 
         dataset_convert(write_spec(tmp_path, root), out, progress=False)
     assert message in str(err.value) and f"{label}:4:" in str(err.value)
     assert tree_digest(root) == before
-    assert list(out.parent.iterdir()) == []
+    assert not out.parent.exists()  # the output directory it had to create is removed again
 
 
 def test_missing_label_file_is_an_error(tmp_path, kitti_root):
@@ -365,3 +365,102 @@ def test_cli_prints_the_note_and_exits_0(tmp_path, kitti_png):
                            str(tmp_path / "cli" / "kitti_train"), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "matches no file" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------- hostile inputs (issue 13): refuse before writing
+
+
+def _listing(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_image_header_over_the_size_limit_fails_naming_the_file(tmp_path, kitti_root):
+    from tests.datasets.hostile_images import write_huge_image
+    root, _ = kitti_root
+    image = write_huge_image(root / "image" / "0004.jpg")
+    out = tmp_path / "new" / "x"
+    with pytest.raises(DataError, match="claims 65000x65000 pixels") as err:
+        dataset_convert(write_spec(tmp_path, root), out, progress=False)
+    assert err.value.path == str(image)
+    assert not out.parent.exists()
+    with pytest.raises(DataError, match="limit of 100"):  # the limit is configurable
+        dataset_convert(write_spec(tmp_path, root), out, progress=False, max_side=100)
+    (root / "image" / "0004.jpg").unlink()
+    (root / "label" / "0004.txt").unlink()
+    dataset_convert(write_spec(tmp_path, root), out, progress=False, max_side=200)
+
+
+@pytest.mark.parametrize("spelling", ["{d}", "{d}/"])
+def test_directory_as_prefix_is_refused_before_touching_it(tmp_path, kitti_root, spelling):
+    import subprocess
+    import sys
+    root, _ = kitti_root
+    spec = write_spec(tmp_path, root)
+    records = tmp_path / "records"
+    dataset_convert(spec, records / "crpd_train", progress=False)  # an earlier run's records in the directory
+    (records / "notes.txt").write_text("mine")
+    before, listing = tree_digest(records), _listing(tmp_path)
+    target = spelling.format(d=records)
+    proc = subprocess.run([sys.executable, "-m", "taoflow.cli", "tfrecords", "-d", str(spec), "-o", target,
+                           "--replace", "--no-progress", "-r", str(tmp_path / "results")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith(
+        f"error: -o {target} is a directory; -o is the TFRecord file prefix (e.g. {records / 'crpd_train'})")
+    assert tree_digest(records) == before and _listing(tmp_path) == listing  # no status.json, nothing deleted
+
+
+def test_replace_publishes_new_records_before_removing_old_ones(tmp_path, kitti_root, monkeypatch):
+    import os
+    from pathlib import Path
+    from taoflow.datasets import tfrecords
+    root, _ = kitti_root
+    out = tmp_path / "out" / "x"
+    dataset_convert(write_spec(tmp_path, root, num_shards=3), out, progress=False)
+    old = {p.name for p in out.parent.iterdir()}
+    # Entries that share the prefix but are not outputs: a directory and a symlink stay untouched.
+    (out.parent / "x-fold-009-of-002-shard-00000-of-00003").mkdir()
+    (out.parent / "x-fold-009-of-002-shard-00000-of-00003" / "keep").write_text("keep")
+    (out.parent / "x-link").symlink_to(root / "label" / "0000.txt")
+    events = []
+    real_replace, real_unlink = os.replace, Path.unlink
+    monkeypatch.setattr(tfrecords.os, "replace", lambda a, b: (events.append(("replace", Path(b).name)),
+                                                               real_replace(a, b)))
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (events.append(("unlink", self.name)),
+                                                               real_unlink(self, *a, **k)))
+    dataset_convert(write_spec(tmp_path, root, num_shards=2), out, progress=False, replace=True)
+    new = {name for kind, name in events if kind == "replace"}
+    removed = {name for kind, name in events if kind == "unlink"}
+    assert new and removed == old - new  # 3-shard files not rewritten by the 2-shard run
+    first_unlink = next(i for i, (kind, _) in enumerate(events) if kind == "unlink")
+    assert all(kind == "replace" for kind, _ in events[:first_unlink]) and len(events[:first_unlink]) == len(new)
+    names = {p.name for p in out.parent.iterdir()}
+    assert names == new | {"x-fold-009-of-002-shard-00000-of-00003", "x-link"}
+    assert (out.parent / "x-fold-009-of-002-shard-00000-of-00003" / "keep").read_text() == "keep"
+    assert (out.parent / "x-link").is_symlink()
+
+
+def test_failed_replace_keeps_the_old_records(tmp_path, kitti_root):
+    root, _ = kitti_root
+    out = tmp_path / "out" / "x"
+    dataset_convert(write_spec(tmp_path, root), out, progress=False)
+    before = tree_digest(out.parent)
+    (root / "label" / "0003.txt").write_text("car 0 0 0 1 2 x 4 0 0 0 0 0 0 0\n")
+    with pytest.raises(DataError, match="0003.txt:1:"):
+        dataset_convert(write_spec(tmp_path, root), out, progress=False, replace=True)
+    assert tree_digest(out.parent) == before and not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("breakage, match", [
+    (lambda root, tmp: (root / "label").rename(tmp / "elsewhere"), "label directory not found"),
+    (lambda root, tmp: [p.unlink() for p in (root / "image").iterdir()], "no images in"),
+    (lambda root, tmp: (tmp / "convert.txt").write_text("kitti_config { partition_mode: 'x' }"), "partition_mode"),
+])
+def test_nothing_is_created_before_the_spec_and_inputs_are_validated(tmp_path, kitti_root, breakage, match):
+    from taoflow.errors import TaoflowError
+    root, _ = kitti_root
+    spec = write_spec(tmp_path, root)
+    breakage(root, tmp_path)
+    with pytest.raises(TaoflowError, match=match):
+        dataset_convert(spec, tmp_path / "a" / "b" / "x", progress=False, results_dir=tmp_path / "results")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "results").exists()
