@@ -20,8 +20,10 @@ devices=20 wall_ratio=... builds=... groups=...
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,13 +69,63 @@ def describe(label, result):
     return agent, device
 
 
+def host_only(args, work):
+    """--host-only: the host's own cost of a rollout to N devices that do no device work.
+
+    The devices are taoflow's embedded SSH server in host-only mode, N of them in one separate process
+    (python -m taoflow.deploy.simulator): each answers with the agent's real reply protocol and runs the agent's
+    own store code (install, switch `current`, passports) on real files, but probes, builds and smoke-tests
+    nothing. This process is the host alone, so its CPU time, peak RSS and the bytes it sends are the host's
+    cost of probing, packaging checks, uploads, canary checks and switches for N devices.
+    """
+    server = subprocess.Popen([sys.executable, "-m", "taoflow.deploy.simulator", "--devices", str(args.devices),
+                               "--base", str(work / "fleet"), "--kind", "host-only", "--concurrency",
+                               str(args.concurrency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        if not line.startswith("ready "):
+            raise SystemExit(f"the simulated fleet did not start: {line}")
+        package = load_package(write_selftest_package(work / "package"))
+        fleet = load_inventory(line.split(" ", 1)[1].strip())
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started, cpu = time.perf_counter(), time.process_time()
+        report = rollout(fleet.devices, package, name="bench", wave_size=args.concurrency,
+                         concurrency=args.concurrency)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    finally:
+        server.stdin.close()
+        server.wait(120)
+    rows = report.devices.values()
+    deployed = sum(d.status == "deployed" for d in rows)
+    sent = sum(d.bytes_uploaded or 0 for d in rows)
+    print(f"{args.devices} host-only devices, concurrency {args.concurrency}: {wall:.1f} s wall, host CPU "
+          f"{cpu:.1f} s, peak RSS {peak:.0f} MB (before the rollout {rss_before:.0f} MB), {sent // len(rows)} bytes "
+          f"sent per device, {deployed} deployed; {report.summary()}", flush=True)
+    if deployed != args.devices:
+        bad = [f"{d.device}: {d.status} {d.error}" for d in rows if d.status != "deployed"][:5]
+        print("not deployed: " + "; ".join(bad), flush=True)
+    print(f"devices={args.devices} host_cpu_ms_per_device={1000 * cpu / args.devices:.2f} peak_rss_mb={peak:.0f} "
+          f"wall_s={wall:.1f} bytes_per_device={sent // len(rows)} deployed={deployed}")
+    return 0 if deployed == args.devices else 1
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--per-device", action="store_true", help="print one line per device")
+    p.add_argument("--host-only", action="store_true",
+                   help="measure the host alone: devices that answer the agent protocol but do no work")
     args = p.parse_args()
+    if args.host_only:
+        work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=args.work))
+        os.environ["TAOFLOW_LOCK_DIR"] = str(work / "locks")
+        try:
+            return host_only(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=args.work))
     os.environ["TAOFLOW_LOCK_DIR"] = str(work / "locks")

@@ -1,21 +1,29 @@
 """Shipping the device agent (tools/device/) and calling its commands over a Session.
 
-The agent is re-sent on every deploy, file by file, only where the device's copy has another sha256: a device
-always runs the agent of the host that deploys to it, and an unchanged agent costs one `sha256sum` round trip.
+The agent is re-sent on every deploy when the device's copy has another sha256: a device always runs the agent of
+the host that deploys to it, and an unchanged agent costs one `sha256sum` round trip. It travels as one file, a
+zip application of its modules (`python taoflow_agent.pyz ...`, as Python has run since 2.6): one upload instead of
+one per module, which is most of the host's SFTP work per device in a large fleet.
 """
 
+import hashlib
+import io
 import json
 import os
 import shlex
+import tempfile
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from ..fsutil import sha256_file
 from .errors import AgentError, DeployError
 from .replies import ReplyError, check_reply, clean
+from .ssh import upload_paths
 
 ETLT_KEY_ENV = "TAOFLOW_ETLT_KEY"
 PROTOCOL = 1
+AGENT_BUNDLE = "taoflow_agent.pyz"
+_BUNDLE_MAIN = b"import sys\nimport taoflow_agent\nsys.exit(taoflow_agent.main())\n"
 
 
 def agent_dir():
@@ -28,14 +36,34 @@ def agent_dir():
     return path
 
 
+def bundle_bytes(path):
+    """The agent's modules as a zip application: the same bytes for the same sources (fixed order and times)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in [*((p.name, p.read_bytes()) for p in sorted(Path(path).glob("*.py"))),
+                           ("__main__.py", _BUNDLE_MAIN)]:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
 @lru_cache(maxsize=4)
-def _agent_files(path):
-    return tuple((p.name, p, sha256_file(p)) for p in sorted(Path(path).glob("*.py")))
+def _agent_bundle(path, mtimes):
+    data = bundle_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    local = Path(tempfile.gettempdir()) / f"taoflow-agent-{digest[:16]}.pyz"  # content-addressed: shared safely
+    if not local.is_file():
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(local)
+    return local, digest
 
 
-def agent_files():
-    """[(file name, local path, sha256)] of the agent's modules."""
-    return _agent_files(str(agent_dir()))
+def agent_bundle():
+    """(local path, sha256) of this checkout's agent as one zip application."""
+    path = agent_dir()
+    return _agent_bundle(str(path), tuple(p.stat().st_mtime_ns for p in sorted(path.glob("*.py"))))
 
 
 def remote_agent_dir(device):
@@ -43,16 +71,33 @@ def remote_agent_dir(device):
 
 
 def agent_items(device):
-    """[(local path, remote path, sha256)] of the agent's modules for this device."""
-    remote_dir = remote_agent_dir(device)
-    return [(path, f"{remote_dir}/{name}", digest) for name, path, digest in agent_files()]
+    """[(local path, remote path, sha256)] of what ships the agent to this device."""
+    local, digest = agent_bundle()
+    return [(local, f"{remote_agent_dir(device)}/{AGENT_BUNDLE}", digest)]
 
 
-async def ship_agent(session, progress=None):
-    """Make <root>/agent/ hold this host's agent modules; return the number of files sent."""
+async def ship_agent(session, progress=None, also=None):
+    """Make <root>/agent/ hold this host's agent; return the number of files sent.
+
+    `also`: (dirs, paths) a later step of this session will need created and hashed (the package's staging,
+    fleet.staging_plan): asked in the same round trip, the answer is kept as `session.prepared`."""
     items = agent_items(session.device)
-    have, _ = await session.prepare([remote_agent_dir(session.device)], [remote for _, remote, _ in items])
-    return await session.upload_files(items, have, progress)
+    agent_paths = upload_paths(r for _, r, _ in items)
+    session.prepared = None
+    if also:
+        try:
+            have, free = await session.prepare([remote_agent_dir(session.device), *also[0]], [*agent_paths, *also[1]])
+            session.prepared = (have, free)
+        except DeployError as e:
+            if getattr(e, "retryable", False):
+                raise
+            also = None  # e.g. the staging folder cannot be created: the staging step itself will say so
+    if not also:
+        have, _ = await session.prepare([remote_agent_dir(session.device)], agent_paths)
+    sent = await session.upload_files(items, have, progress)
+    if session.prepared is not None:  # what is on the device now: the agent, verified by upload_files
+        session.prepared[0].update({remote: digest for _, remote, digest in items})
+    return sent
 
 
 def agent_command(device, command, args=(), key_on_stdin=False):
@@ -66,7 +111,7 @@ def agent_command(device, command, args=(), key_on_stdin=False):
     # A non-interactive SSH session may have no LANG; Python 3.6 then treats file names as ASCII and a sample
     # named in Chinese (CCPD/CRPD plates) would not open. C.UTF-8 exists on every Ubuntu/L4T.
     argv = ["env", "LC_ALL=C.UTF-8", "LANG=C.UTF-8", "PYTHONIOENCODING=utf-8", device.python,
-            f"{remote_agent_dir(device)}/taoflow_agent.py", "--root", root, command, *args]
+            f"{remote_agent_dir(device)}/{AGENT_BUNDLE}", "--root", root, command, *args]
     line = " ".join(shlex.quote(str(a)) for a in argv)
     if key_on_stdin:
         line = f"IFS= read -r {ETLT_KEY_ENV}; export {ETLT_KEY_ENV}; exec {line}"

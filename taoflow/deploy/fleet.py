@@ -23,8 +23,9 @@ from .errors import DeployError, UploadError
 from .locks import device_lock
 from .package import Package, load_package
 from .replies import ReplyError, expect_current
-from .ssh import Session, with_retries
+from .ssh import Session, upload_paths, with_retries
 
+UNKNOWN = object()  # an argument the caller did not know
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the agent's rule for model names and versions
 DISK_MARGIN_MB = 32  # smoke.json, build.json, passport and filesystem slack on top of the package itself
 
@@ -55,13 +56,14 @@ async def for_each(devices, fn, concurrency=8):
 
 # --- probe and engine-compatibility groups -------------------------------------------------------------------
 
-async def aprobe(device, retries=4, imports=False, session=None):
+async def aprobe(device, retries=4, imports=False, session=None, also=None):
     """The agent's probe report of one device, plus `transfer`: what shipping the agent cost. `imports` has the
     agent import each Python module (a doctor's question; a rollout's build and smoke import them anyway).
-    `session`: an open Session to use and leave open (a rollout keeps it for the device's later steps)."""
+    `session`: an open Session to use and leave open (a rollout keeps it for the device's later steps);
+    `also`: staging_plan(...) of a package this session will stage next (prepared in the same round trip)."""
     async with device_lock(device), session_for(device, session) as s:
         bytes_before, cpu_before = s.bytes_sent, s.agent_cpu_s
-        sent = await with_retries(s, lambda: ship_agent(s), retries)
+        sent = await with_retries(s, lambda: ship_agent(s, also=also), retries)
         report = await with_retries(s, lambda: call(s, "probe", *(["--imports"] if imports else [])), retries)
         report["transfer"] = {"agent_files_sent": sent, "bytes_uploaded": s.bytes_sent - bytes_before,
                               "agent_cpu_s": round(s.agent_cpu_s - cpu_before, 3)}
@@ -138,23 +140,46 @@ def staging_path(device, name, version):
     return f"{device.device_root}/staging/{name}/{version}"
 
 
-async def ship(session, package, staging, engine=None, progress=None):
+def _ship_items(device, package, staging, engine=None):
+    items = agent_items(device) + [(f.path, f"{staging}/{f.rel}", f.sha256) for f in package.files]
+    if engine is not None:
+        items.append((engine[0], f"{staging}/model.engine", engine[1]))
+    return items
+
+
+def staging_plan(device, package, name, version):
+    """(dirs, paths) to create and hash on the device before shipping `package` to its staging directory.
+
+    The agent bundle is replaced by a rename (an agent may be running from it); staging files are written in
+    place (nothing reads a staging directory before the host verified it), so only the agent has a `.part`."""
+    items = _ship_items(device, package, staging_path(device, name, version))
+    agent = {remote for _, remote, _ in agent_items(device)}
+    dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
+    return dirs, [p for _, remote, _ in items for p in upload_paths([remote], in_place=remote not in agent)]
+
+
+async def ship(session, package, staging, engine=None, progress=None, prepared=None):
     """Send agent + package (+ a prebuilt engine: (path, sha256)) to the device, skipping files already there.
 
     Refuses up front when the device root lacks the space (a full disk mid-upload would fail anyway, later and
-    with OpenSSH's bare "Failure"). Returns the number of files sent.
+    with OpenSSH's bare "Failure"). `prepared`: (hashes, free MiB) of staging_plan's paths, read earlier in this
+    session (the probe's round trip). Returns the number of files sent.
     """
-    items = agent_items(session.device) + [(f.path, f"{staging}/{f.rel}", f.sha256) for f in package.files]
-    if engine is not None:
-        items.append((engine[0], f"{staging}/model.engine", engine[1]))
-    dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
-    have, free = await session.prepare(dirs, [remote for _, remote, _ in items])
+    items = _ship_items(session.device, package, staging, engine)
+    agent = {remote for _, remote, _ in agent_items(session.device)}
+    if prepared is None:
+        dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
+        prepared = await session.prepare(dirs, [p for _, remote, _ in items
+                                                for p in upload_paths([remote], in_place=remote not in agent)])
+    have, free = prepared
     need_mb = sum(Path(p).stat().st_size for p, r, d in items if have.get(r) != d) / (1 << 20) + DISK_MARGIN_MB
     if free is not None and free < need_mb:
         raise UploadError(f"device disk full: {free} MiB free under {session.device.device_root}, the upload needs "
                           f"{need_mb:.0f} MiB; remove old versions or lower `keep`", session.device.name)
     try:
-        return await session.upload_files(items, have, progress)
+        sent = await session.upload_files([i for i in items if i[1] in agent], have, progress)
+        return sent + await session.upload_files([i for i in items if i[1] not in agent], have, progress,
+                                                 in_place=True)
     except DeployError as e:
         if getattr(e, "retryable", False) or isinstance(e, UploadError):
             raise
@@ -165,7 +190,7 @@ async def ship(session, package, staging, engine=None, progress=None):
 
 async def adeploy_to_device(device, package, *, name, version=None, wave=None, keep=3, build=True, engine=None,
                             etlt_key=None, progress=None, on_step=None, retries=4, smoke_iterations=20,
-                            verify=None, session=None, rollout=None):
+                            verify=None, session=None, rollout=None, previous=UNKNOWN, staged=False):
     """Ship agent + package, build, smoke, activate. Returns a result dict.
 
     Fan-out to the rest of an engine-key group after its canary: `engine` = (local path, sha256) of the engine
@@ -179,6 +204,8 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
     DeployError there refuses the version (a canary's detections checked against the host's, for example).
     `session`: an open Session to this device to use (and leave open), e.g. the one that staged the package.
     `rollout`: the rollout's token; the agent refuses to activate for a token the host has fenced (arevert_device).
+    `previous`: the device's `current` as its probe just read it (else it is read here). `staged`: this
+    session staged the package (astage) and no engine is to be added, so nothing needs shipping.
     """
     package = package if isinstance(package, Package) else load_package(package)
     version = version or package.version
@@ -198,10 +225,12 @@ async def adeploy_to_device(device, package, *, name, version=None, wave=None, k
                 on_step(device.name, name_of_step)
 
         models = f"{device.device_root}/models/{name}"
-        previous = await again(lambda: s.readlink(f"{models}/current"))
+        if previous is UNKNOWN:
+            previous = await again(lambda: s.readlink(f"{models}/current"))
         try:
             step("ship")
-            uploaded = await again(lambda: ship(s, package, staging_path(device, name, version), engine, progress))
+            uploaded = 0 if staged and engine is None else \
+                await again(lambda: ship(s, package, staging_path(device, name, version), engine, progress))
             step("build")
             if engine is None and build:
                 # --lock-wait: after a dropped connection the first build may still run; the retry waits for it.
@@ -252,7 +281,13 @@ async def astage(device, package, *, name, version=None, retries=4, progress=Non
     staging = staging_path(device, name, version or package.version)
     async with device_lock(device), session_for(device, session) as s:
         before = s.bytes_sent
-        sent = await with_retries(s, lambda: ship(s, package, staging, None, progress), retries)
+        prepared, s.prepared = s.prepared, None  # read by this session's probe (aprobe `also`), used once
+
+        def attempt():
+            nonlocal prepared
+            once, prepared = prepared, None  # a retry after a dropped connection reads the device again
+            return ship(s, package, staging, None, progress, once)
+        sent = await with_retries(s, attempt, retries)
         return {"files_uploaded": sent, "bytes_uploaded": s.bytes_sent - before}
 
 

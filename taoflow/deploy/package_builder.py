@@ -9,9 +9,17 @@ expected.json holds what a correct device must reproduce on the samples:
   package's own nms settings, the plugin's output layout, boxes in original-image pixels) but by the host's
   implementation (taoflow.backends.native.nms), not by the agent's code: a bug on either side then fails the
   smoke test instead of being copied into the expectation;
-- TAO's own export (output kind `tao_nms`: NMS is a TensorRT plugin, and a .etlt is encrypted, so nothing on the
-  host runs it): the detections TAO's `ssd inference` wrote for those images as KITTI label files, from the
-  model that was exported (`reference_labels`).
+- TAO's own export (output kind `tao_nms`: NMS is a TensorRT plugin): when the host can read the graph (a .etlt
+  decoded with its key, or a plain TAO 5 ONNX given without labels), the graph up to the plugin node runs in ONNX
+  Runtime and the plugin's decoding and NMS (its own attributes from the node) run in taoflow's reference
+  implementation; otherwise (no key, or a TAO 3/4 UFF payload) the detections TAO's `ssd inference` wrote for those
+  images as KITTI label files, from the model that was exported (`reference_labels`).
+
+A `.etlt` (TAO's, or a native `export --etlt`) is decoded on the host with NVIDIA's codec (taoflow.etlt) and the
+decoded ONNX's operators, plugins, opset and IR version go into the package's model.json (`etlt`), so preflight
+checks them against each group's TensorRT as for a plain ONNX. `etlt_devices="onnxruntime"` packages a native .etlt
+export for ONNX Runtime devices instead: they cannot build a .etlt (no TensorRT, and the codec does not install on
+their Python 3.6), so the package ships the ONNX decoded on the host (checked against the payload's sha256).
 """
 
 import json
@@ -22,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import etlt as codec
 from ..backends.native.nms import nms_plugin, parse_nms_output
 from ..fsutil import atomic_dir, sha256_file
 from .errors import DeployError
@@ -54,9 +63,9 @@ def read_export(export_dir):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DeployError(f"not a {FORMAT} model.json", path=path)
     model_file, kind = str(meta.get("model_file", "")), (meta.get("output") or {}).get("kind")
-    if kind == "decoded" and not model_file.endswith(".onnx"):
-        raise DeployError(f"output kind 'decoded' is taoflow's ONNX export; model_file {model_file!r} is not .onnx",
-                          path=path)
+    if kind == "decoded" and not model_file.endswith((".onnx", ".etlt")):
+        raise DeployError(f"output kind 'decoded' is taoflow's ONNX (or .etlt) export; model_file {model_file!r} is "
+                          f"neither", path=path)
     if kind == "tao_nms" and not model_file.endswith((".onnx", ".etlt")):
         raise DeployError(f"output kind 'tao_nms' is TAO's .onnx or .etlt export, not {model_file!r}", path=path)
     if kind not in ("decoded", "tao_nms"):
@@ -87,18 +96,29 @@ def preprocess(image_bgr, inp):
     return ((pixels.astype(np.float32) - mean) * np.float32(inp.get("scale", 1.0))).transpose(2, 0, 1)
 
 
-class HostModel:
-    """The exported ONNX in ONNX Runtime (CPU) followed by the NMS plugin's semantics and layout."""
+def _session(model, path):
+    """An ONNX Runtime CPU session of a model file or its bytes."""
+    import onnxruntime
 
-    def __init__(self, model_path, meta):
+    try:
+        return onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                            providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise DeployError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}", path=path) from None
+
+
+class HostModel:
+    """The exported ONNX in ONNX Runtime (CPU) followed by the NMS plugin's semantics and layout.
+
+    `model`: the model file, or its bytes (a .etlt decoded on the host; `path` names the file for errors)."""
+
+    def __init__(self, model, meta, path=None):
         import onnxruntime
 
+        model_path = path or model
         self.meta = meta
         self.version = onnxruntime.__version__
-        try:
-            self.session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise DeployError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}", path=model_path) from None
+        self.session = _session(model, model_path)
         dim = self.session.get_inputs()[0].shape[0]
         self.static = isinstance(dim, int) and dim > 0  # a static-batch export runs in its batch, zero-padded
         self.batch = dim if self.static else 8
@@ -119,7 +139,7 @@ class HostModel:
             batch = np.zeros((size, int(inp["channels"]), int(inp["height"]), int(inp["width"])), np.float32)
             for i, (_, image) in enumerate(chunk):
                 batch[i] = preprocess(image, inp)
-            boxes, scores = self.session.run([out["boxes"], out["scores"]], {inp["name"]: batch})
+            boxes, scores = self.run(batch)
             rows, keep = nms_plugin(boxes, scores, *self.nms)
             for i, (name, image) in enumerate(chunk):
                 height, width = image.shape[:2]
@@ -127,6 +147,94 @@ class HostModel:
                 found[name] = [{"label": d["label"], "confidence": round(d["confidence"], 4),
                                 "box": [round(v, 2) for v in d["box"]]} for d in dets]
         return found
+
+    def run(self, batch):
+        """float32 [N, C, H, W] -> (boxes [N, A, 4] normalised corners, scores [N, A, C+1])."""
+        out = self.meta["output"]
+        return self.session.run([out["boxes"], out["scores"]], {self.meta["input"]["name"]: batch})
+
+
+# The NMS plugin nodes TAO's SSD exports end in (TAO 5 ONNX: NMSDynamic_TRT; NMS_TRT in older graphs), and the
+# attribute values TAO's exporter sets that the host's reference implementation assumes (the contract doc §6).
+NMS_PLUGINS = ("NMSDynamic_TRT", "NMS_TRT")
+TAO_NMS_ATTRS = {"shareLocation": 1, "backgroundLabelId": 0, "codeType": 1, "varianceEncodedInTarget": 0,
+                 "isNormalized": 1, "confSigmoid": 0}
+
+
+class PluginHostModel(HostModel):
+    """TAO's graph ending in the NMS plugin: the graph up to the plugin in ONNX Runtime, then the plugin's own work
+    on the host — CENTER_SIZE decoding of loc_data against the priors and variances in its priorbox input
+    (TensorRT's decodeBBoxes with varianceEncodedInTarget=0), then taoflow's reference NMS with the node's
+    confidenceThreshold, nmsThreshold, topK and keepTopK — laid out as the plugin's output."""
+
+    def __init__(self, onnx_bytes, meta, path):
+        import onnx
+        import onnxruntime
+        from onnx import helper
+
+        try:
+            model = onnx.load_model_from_string(onnx_bytes)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError: not an ONNX model
+            raise DeployError("not an ONNX model", path=path) from None
+        nodes = [n for n in model.graph.node if n.op_type in NMS_PLUGINS]
+        if len(nodes) != 1:
+            raise DeployError(f"the graph has {len(nodes)} NMS plugin nodes ({' or '.join(NMS_PLUGINS)}); the host "
+                              f"computes expectations for a graph that ends in exactly one", path=path)
+        node = nodes[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        odd = {k: attrs.get(k) for k, v in TAO_NMS_ATTRS.items() if k in attrs and attrs[k] != v}
+        if odd:
+            raise DeployError(f"{node.op_type} attributes {odd} differ from TAO's SSD export "
+                              f"({ {k: TAO_NMS_ATTRS[k] for k in odd} }): the host's reference NMS does not "
+                              f"implement them", path=path)
+        order = list(attrs.get("inputOrder") or [0, 1, 2])
+        if sorted(order) != [0, 1, 2] or len(node.input) != 3:
+            raise DeployError(f"{node.op_type} needs 3 inputs (loc, conf, priorbox) and an inputOrder permutation; "
+                              f"this one has inputs {list(node.input)}, inputOrder {order}", path=path)
+        self.loc, self.conf, self.prior = (node.input[i] for i in order)
+        self.num_classes = int(attrs.get("numClasses", len(meta["classes"]) + 1))
+        if self.num_classes != len(meta["classes"]) + 1:
+            raise DeployError(f"{node.op_type} has numClasses {self.num_classes}, model.json has "
+                              f"{len(meta['classes'])} classes + background", path=path)
+        kept = [n for n in model.graph.node if n is not node]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        del model.graph.output[:]
+        model.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                  for name in (self.loc, self.conf, self.prior))
+        self.meta = meta
+        self.version = onnxruntime.__version__
+        self.session = _session(model.SerializeToString(), path)
+        self.plugin = node.op_type
+        self.nms = (float(attrs.get("confidenceThreshold", 0.01)), float(attrs.get("nmsThreshold", 0.6)),
+                    int(attrs.get("topK", 400)), int(attrs.get("keepTopK", 200)))
+        dim = self.session.get_inputs()[0].shape[0]
+        self.static = isinstance(dim, int) and dim > 0
+        self.batch = dim if self.static else 8
+        if self.nms[3] > self.nms[2]:
+            raise DeployError(f"{node.op_type} keepTopK {self.nms[3]} > topK {self.nms[2]}: TensorRT's NMS plugin "
+                              f"writes no output then", path=path)
+
+    def run(self, batch):
+        loc, conf, prior = self.session.run([self.loc, self.conf, self.prior],
+                                            {self.session.get_inputs()[0].name: batch})
+        n = batch.shape[0]
+        loc = loc.reshape(n, -1, 4).astype(np.float32)
+        scores = conf.reshape(n, -1, self.num_classes).astype(np.float32)
+        prior = prior.reshape(prior.shape[0], 2, -1, 4)[0].astype(np.float32)  # [0]: boxes, [1]: variances
+        anchors, variances = prior[0], prior[1]
+        if anchors.shape[0] != loc.shape[1] or scores.shape[1] != loc.shape[1]:
+            raise DeployError(f"{self.plugin} inputs disagree: {loc.shape[1]} boxes, {scores.shape[1]} score rows, "
+                              f"{anchors.shape[0]} priors")
+        pw, ph = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+        pcx, pcy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+        with np.errstate(over="ignore"):
+            cx = variances[:, 0] * loc[..., 0] * pw + pcx
+            cy = variances[:, 1] * loc[..., 1] * ph + pcy
+            w = np.exp(variances[:, 2] * loc[..., 2]) * pw
+            h = np.exp(variances[:, 3] * loc[..., 3]) * ph
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).astype(np.float32)
+        return boxes, scores
 
 
 def read_kitti_detections(path, classes):

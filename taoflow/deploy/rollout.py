@@ -38,11 +38,11 @@ from pathlib import Path
 
 from .errors import DeployError
 from .fleet import (NAME_RE, adeploy_to_device, adiscard, afetch_engine, aprobe, arevert_device, astage, astatus,
-                    for_each, group_by_engine_key, run_sync)
+                    for_each, group_by_engine_key, run_sync, staging_plan)
 from .package import Package, load_package
 from .preflight import choose_canary, device_problems
 from .report import DeviceOutcome, GroupOutcome, RolloutReport
-from .ssh import Session
+from .ssh import Session, raise_open_file_limit
 
 
 def compare_detections(expected, device_images, confidence_tolerance=0.1):
@@ -133,8 +133,9 @@ class _Rollout:
         """Probe every device, keeping each connection that worked for the device's later steps."""
         async def probe(device):
             session = self.sessions[device.name] = Session(device)
-            try:
-                return await aprobe(device, session=session)
+            try:  # the package's staging is prepared in the probe's round trip (used if the device stages)
+                return await aprobe(device, session=session,
+                                    also=staging_plan(device, self.package, self.name, self.version))
             except DeployError:
                 await self.release(device.name, abort=True)
                 raise
@@ -343,7 +344,8 @@ class _Rollout:
                     self.by_name[n], self.package, name=self.name, version=self.version, wave=wave,
                     keep=self.o["keep"], build=build, engine=engine, etlt_key=self.o["etlt_key"],
                     smoke_iterations=self.o["smoke_iterations"], verify=verify, on_step=on_step,
-                    session=self.sessions.get(n), rollout=self.token)
+                    session=self.sessions.get(n), rollout=self.token, previous=out.previous,
+                    staged=n in self.staged)
         except DeployError as e:
             out.status, out.error = "failed", e.reason
             out.seconds = round(time.monotonic() - started, 3)
@@ -408,6 +410,7 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise DeployError("a device is listed twice")
+    raise_open_file_limit(2 * len(devices) + 256)  # a connection per device, plus files and the event loop
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="taoflow-engines-") as tmp:
         options = {"concurrency": concurrency, "wave_size": max(1, int(wave_size or concurrency)),

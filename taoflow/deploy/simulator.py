@@ -23,8 +23,10 @@ accepts connections until `start(port=...)`).
 
 import asyncio
 import getpass
+import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -37,6 +39,8 @@ from pathlib import Path
 import asyncssh
 
 from ..errors import TaoflowError
+from ..fsutil import sha256_file
+from .ssh import raise_open_file_limit
 
 SERVER_KINDS = ("auto", "openssh", "embedded")
 
@@ -449,7 +453,150 @@ class EmbeddedDevice(_Device):
             _ServerLoop.get().call(close())
 
 
-DEVICE_CLASSES = {"openssh": OpenSSHDevice, "embedded": EmbeddedDevice}
+class HostOnlyDevice(EmbeddedDevice):
+    """An embedded device that does no device work, for measuring the host's own cost of a rollout
+    (bench/fleet.py --host-only): SFTP writes real files, and each exec request is answered in this process with
+    the agent's real reply protocol. The agent's own store code (activate, revert, status, ... on real files) runs
+    here; probe, build and smoke are replaced by answers that cost nothing: an ONNX Runtime Nano, no build, and
+    a smoke test that finds exactly the package's expected detections. The shell commands the host sends besides
+    the agent (mkdir, sha256sum, df) are done here too, without a process.
+    """
+
+    kind = "host-only"
+    PROBE = {"l4t": {"release": "32.7.1", "board": "t210ref"}, "tensorrt": None, "cuda": "10.2.300", "cudnn": None,
+             "nvinfer_plugin": None, "gpu": {"name": "NVIDIA Jetson Nano", "compute_capability": "5.3", "soc": "t210"},
+             "power_mode": {"name": "MAXN", "id": 0}, "python": {"version": "3.6.9", "executable": "/usr/bin/python3"},
+             "machine": "aarch64", "runtimes": ["onnxruntime"], "tools": {"trtexec": None, "tao-converter": None},
+             "tool_links": {}, "imports_checked": False,
+             "modules": {"numpy": "1.19.5", "cv2": "4.5.5", "tensorrt": None, "pycuda": None,
+                         "onnxruntime": {"version": "1.10.0", "providers": ["CPUExecutionProvider"]}}}
+
+    def __init__(self, name, base, client_pub):
+        super().__init__(name, base, client_pub)
+        from .agent import agent_dir
+        if str(agent_dir()) not in sys.path:
+            sys.path.insert(0, str(agent_dir()))
+
+    async def _exec(self, process):
+        self.commands += 1
+        status, out, err = 0, "", ""
+        try:
+            argv = shlex.split(process.command or "")
+            if argv[:2] != ["exec", "timeout"] or argv[5:7] != ["sh", "-c"]:
+                raise ValueError("not a command the taoflow host sends")
+            inner = argv[7]
+            if inner.startswith(("cd ", "IFS= read")):  # agent.agent_command
+                status, out = self._agent(shlex.split(inner))
+            else:
+                status, out, err = self._shell(inner)
+        except Exception as e:  # noqa: BLE001 - answered as a failed command, as a shell would; never a dropped link
+            status, err = 127, f"host-only simulated device: {type(e).__name__}: {e}\n"
+        if out:
+            process.stdout.write(out.encode())
+        if err:
+            process.stderr.write(err.encode())
+        process.exit(status)
+
+    def _shell(self, inner):
+        """`mkdir -p -- DIRS || exit 3; sha256sum -- PATHS 2>/dev/null; echo @df; df -Pk ROOT 2>/dev/null; true`"""
+        lexer = shlex.shlex(inner, posix=True, punctuation_chars=";|&>")
+        lexer.whitespace_split = True
+        statements, words = [], []
+        for token in lexer:  # punctuation outside quotes comes as its own token; quoted names stay whole
+            if token == ";":
+                statements.append(words)
+                words = []
+            else:
+                words.append(token)
+        statements.append(words)
+        out = []
+        for words in statements:
+            if "||" in words:  # `mkdir ... || exit 3`: this server's mkdir either works or raises
+                words = words[:words.index("||")]
+            if words[-3:] == ["2", ">", "/dev/null"]:
+                words = words[:-3]
+            if not words or words == ["true"]:
+                continue
+            if words[0] == "mkdir":
+                for d in words[3:]:
+                    os.makedirs(d, exist_ok=True)
+            elif words[0] == "sha256sum":
+                for path in words[2:]:
+                    if os.path.isfile(path):
+                        out.append(f"{sha256_file(path)}  {path}\n")
+            elif words[:2] == ["echo", "@df"]:
+                out.append("@df\n")
+            elif words[0] == "df":
+                st = os.statvfs(words[-1])
+                blocks, free = st.f_blocks * st.f_frsize // 1024, st.f_bavail * st.f_frsize // 1024
+                out.append(f"Filesystem 1024-blocks Used Available Capacity Mounted on\nsim {blocks} "
+                           f"{blocks - free} {free} 0% /\n")
+            else:
+                raise ValueError(f"unsupported command {words[0]!r}")
+        return 0, "".join(out), ""
+
+    def _agent(self, words):
+        import agent_common
+        import agent_probe
+        import agent_store
+        import taoflow_agent
+        start = next(i for i, w in enumerate(words) if w.endswith(("taoflow_agent.py", "taoflow_agent.pyz")))
+        args = taoflow_agent.build_parser().parse_args(words[start + 1:])
+        try:
+            reply = {"ok": True, "result": self._answer(args, agent_store, agent_probe)}
+        except agent_common.AgentError as e:
+            reply = {"ok": False, "error": str(e), "details": e.details}
+        reply.update(command=args.command, protocol=taoflow_agent.AGENT_PROTOCOL, cpu_s=0.0)
+        return (0 if reply["ok"] else 1), json.dumps(reply, sort_keys=True) + "\n"
+
+    def _answer(self, args, agent_store, agent_probe):
+        root = args.root
+        if args.command == "probe":
+            disk = os.statvfs(root)
+            return dict(self.PROBE, memory={"total_mb": 3956, "available_mb": 2600, "swap_total_mb": 1978,
+                                            "swap_free_mb": 1978},
+                        disk={"path": root, "free_mb": disk.f_bavail * disk.f_frsize >> 20,
+                              "total_mb": disk.f_blocks * disk.f_frsize >> 20},
+                        models=agent_probe.installed_models(root))
+        if args.command == "build":
+            return {"runtime": "onnxruntime", "runtime_version": "1.10.0", "seconds": 0.0}
+        if args.command == "smoke":
+            staging = agent_store.staging_dir(root, args.name, args.version)
+            if os.path.isdir(staging):
+                record = self._smoke_record(staging)
+            elif args.activate:
+                record = agent_store.installed_smoke(root, args.name, args.version)
+            else:
+                raise agent_store.AgentError(f"{args.name} {args.version} is not staged")
+            if args.activate:
+                record["activated"] = agent_store.activate(root, args.name, args.version, args.keep, args.wave,
+                                                           args.rollout)
+            return record
+        if args.command == "activate":
+            return agent_store.activate(root, args.name, args.version, args.keep, args.wave, args.rollout)
+        if args.command == "revert":
+            return agent_store.revert(root, args.name, args.version, args.fence)
+        if args.command == "rollback":
+            return agent_store.rollback(root, args.name, args.to)
+        if args.command == "discard":
+            return agent_store.discard(root, args.name, args.version)
+        return agent_store.status(root, args.name)
+
+    @staticmethod
+    def _smoke_record(staging):
+        import agent_common
+        import agent_package
+        expected = agent_common.load_json(os.path.join(staging, "samples", "expected.json"))[0]
+        images = {name: {"detections": dets, "missing": [], "extra": []}
+                  for name, dets in expected["images"].items()}
+        record = {"passed": True, "runtime": "onnxruntime", "runtime_version": "1.10.0",
+                  "package_digest": agent_package.package_digest(staging), "fps": 30.0, "latency_ms": 33.3,
+                  "iterations": 0, "images": images, "checked_at": time.time()}
+        agent_common.write_json_atomic(os.path.join(staging, "smoke.json"), record)
+        return record
+
+
+DEVICE_CLASSES = {"openssh": OpenSSHDevice, "embedded": EmbeddedDevice, "host-only": HostOnlyDevice}
 
 
 class SimFleet:
@@ -457,7 +604,7 @@ class SimFleet:
 
     def __init__(self, base, client_key, kind="auto"):
         self.base = Path(base)
-        self.kind = resolve_server_kind(kind)
+        self.kind = kind if kind == "host-only" else resolve_server_kind(kind)
         self.client_key = Path(client_key)
         self.client_pub = keygen(self.client_key)
         self.devices = []
@@ -467,12 +614,14 @@ class SimFleet:
         self.devices.append(device)
         return device
 
-    def write_inventory(self, pythons, tags=None, untrusted=(), command_timeout=120, extra_defaults=""):
+    def write_inventory(self, pythons, tags=None, untrusted=(), command_timeout=120, extra_defaults="",
+                        concurrency=8):
         """`pythons`: one device Python per device (or a single one for all)."""
         if isinstance(pythons, (str, Path)):
             pythons = [pythons] * len(self.devices)
         text = (f'[defaults]\nuser = "{getpass.getuser()}"\nkey = "{self.client_key}"\nconnect_timeout = 5\n'
-                f"command_timeout = {command_timeout}\nbuild_timeout = 120\nconcurrency = 8\n{extra_defaults}\n")
+                f"command_timeout = {command_timeout}\nbuild_timeout = 120\nconcurrency = {concurrency}\n"
+                f"{extra_defaults}\n")
         for i, (device, python) in enumerate(zip(self.devices, pythons)):
             text += "\n" + device.inventory_table(python, (tags or {}).get(device.name, [f"group{i % 2}"]),
                                                   trusted=device.name not in untrusted)
@@ -522,3 +671,36 @@ class SimulatedNano:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def main(argv=None):
+    """Serve a simulated fleet from one process until stdin closes: `python -m taoflow.deploy.simulator --devices N
+    --base DIR [--kind host-only|embedded]`. Prints `ready <inventory path>` once every device listens."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m taoflow.deploy.simulator", description=main.__doc__)
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--base", type=Path, required=True, help="folder for the devices (created)")
+    parser.add_argument("--kind", choices=("host-only", "embedded"), default="host-only")
+    parser.add_argument("--python", default=sys.executable, help="the devices' Python (inventory `python`)")
+    parser.add_argument("--concurrency", type=int, default=8, help="the inventory's [defaults] concurrency")
+    args = parser.parse_args(argv)
+    if args.devices < 1:
+        parser.error("--devices must be at least 1")
+    raise_open_file_limit(2 * args.devices + 256)
+    args.base.mkdir(parents=True, exist_ok=True)
+    fleet = SimFleet(args.base, args.base / "client_ed25519", kind=args.kind)
+    try:
+        for i in range(args.devices):
+            fleet.add(f"sim-{i:04d}")
+        inventory = fleet.write_inventory(args.python, tags={d.name: ["canary"] if i == 0 else ["fleet"]
+                                                             for i, d in enumerate(fleet.devices)},
+                                          concurrency=args.concurrency)
+        print(f"ready {inventory}", flush=True)
+        sys.stdin.read()
+    finally:
+        fleet.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

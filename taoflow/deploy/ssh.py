@@ -39,6 +39,18 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes256-ctr")
 
 
+def raise_open_file_limit(wanted):
+    """Raise this process's soft RLIMIT_NOFILE towards `wanted` (up to the hard limit); return the new soft limit.
+    A rollout keeps one connection per device open from its probe to its group's end: a fleet of a thousand needs
+    more descriptors than the usual soft limit of 1024."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, wanted), hard if hard != resource.RLIM_INFINITY else wanted)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
 def host_pattern(device):
     """The known_hosts host field OpenSSH uses for this device: `host`, or `[host]:port` off port 22."""
     return device.host if device.port == 22 else f"[{device.host}]:{device.port}"
@@ -92,6 +104,7 @@ class Session:
         self.sftp = None
         self.bytes_sent = 0
         self.agent_cpu_s = 0.0  # CPU seconds the agent reported for its commands on this session's device
+        self.prepared = None  # (hashes, free MiB) a probe read ahead for this session's staging (agent.ship_agent)
 
     async def __aenter__(self):
         await self.connect()
@@ -247,29 +260,41 @@ class Session:
             free = None
         return found, free
 
-    async def upload_files(self, items, have=None, progress=None):
+    async def upload_files(self, items, have=None, progress=None, in_place=False):
         """Upload [(local path, remote path, sha256)] unless the remote already has that sha256.
 
         Each file goes to `remote + '.part'`, resuming from the size already there (a dropped connection leaves
         a correct prefix: writes are sequential); then one `sha256sum` verifies every .part, the good ones are
         renamed into place and the bad ones deleted, so the next attempt resends those from zero.
+        `in_place`: write to the remote path itself (resuming a prefix there) and verify it, without the rename:
+        for a version's staging directory, which nothing reads before the host has verified every file (the
+        rename costs a request per file, a large share of the host's work in a fleet of hundreds).
+        `have`: {remote path: sha256} as `prepare` read it (upload_paths: the targets and, unless in place,
+        their `.part` siblings); a file that is not there is written from zero without asking for its size.
         `progress(session, local, done, size)` is called after each chunk. Returns the number of files sent.
         """
         if have is None:
-            have = await self.sha256([remote for _, remote, _ in items])
+            have = await self.sha256(upload_paths((remote for _, remote, _ in items), in_place))
         todo = [(Path(local), remote, digest) for local, remote, digest in items if have.get(remote) != digest]
         if not todo:
             return 0
-        for local, remote, _ in todo:
-            await self._guard(self._send(local, remote + ".part", progress), f"upload of {local.name}",
-                              self.device.command_timeout)
-        got = await self.sha256([remote + ".part" for _, remote, _ in todo])
+        suffix = "" if in_place else ".part"
+        for local, remote, digest in todo:
+            there = have.get(remote + suffix)
+            if there == digest:
+                continue  # sent whole before a dropped connection; only the rename below is missing
+            await self._guard(self._send(local, remote + suffix, progress, resume=there is not None),
+                              f"upload of {local.name}", self.device.command_timeout)
+        got = await self.sha256([remote + suffix for _, remote, _ in todo])
         bad = []
         for local, remote, digest in todo:
-            op = ("posix_rename", remote + ".part", remote) if got.get(remote + ".part") == digest else (
-                "remove", remote + ".part")
-            if op[0] == "remove":
+            if got.get(remote + suffix) != digest:
                 bad.append(local.name)
+                op = ("remove", remote + suffix)
+            elif in_place:
+                continue
+            else:
+                op = ("posix_rename", remote + suffix, remote)
             await self._guard(self._sftp_op(*op), f"upload of {local.name}", self.device.command_timeout)
         if bad:
             err = UploadError(f"checksum mismatch after upload of {', '.join(bad)}; the partial files were removed",
@@ -290,13 +315,15 @@ class Session:
     async def _sftp_op(self, name, *args):
         return await getattr(await self._sftp(), name)(*args)
 
-    async def _send(self, local, part, progress):
+    async def _send(self, local, part, progress, resume=True):
         size = local.stat().st_size
         sftp = await self._sftp()
-        try:
-            offset = (await sftp.stat(part)).size or 0
-        except asyncssh.SFTPNoSuchFile:
-            offset = 0
+        offset = 0
+        if resume:
+            try:
+                offset = (await sftp.stat(part)).size or 0
+            except asyncssh.SFTPNoSuchFile:
+                pass
         if offset > size:
             offset = 0
         async with sftp.open(part, "r+b" if offset else "wb") as f:
@@ -346,6 +373,12 @@ def parse_sha256sum_line(line):
                 i += 1
         name = "".join(out)
     return digest, name
+
+
+def upload_paths(remotes, in_place=False):
+    """The remote paths `prepare` should hash before an upload: each target and, unless written in place, its
+    `.part` (a resumable prefix)."""
+    return [path for remote in remotes for path in ((remote,) if in_place else (remote, remote + ".part"))]
 
 
 class _Completed:

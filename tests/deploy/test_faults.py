@@ -37,7 +37,7 @@ def agent_processes(sim, command):
             argv = (pid / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"taoflow_agent.py") for a in argv) and command.encode() in argv and \
+        if any(a.endswith((b"taoflow_agent.py", b"taoflow_agent.pyz")) for a in argv) and command.encode() in argv and \
                 str(sim.root).encode() in argv:
             found.append(int(pid.name))
     return found

@@ -98,7 +98,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    default_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(here):  # run as <root>/agent/taoflow_agent.pyz (the zip application the host ships)
+        here = os.path.dirname(here)
+    default_root = os.path.dirname(here)
     parser = _Parser(prog="taoflow_agent", description="taoflow device agent")
     parser.add_argument("--root", default=default_root, help="device root (default: the agent's parent dir)")
     sub = parser.add_subparsers(dest="command")
