@@ -212,3 +212,20 @@ def test_store_never_changes_the_mode_of_linked_user_images(ws):
     meta.write_text("")  # damaged: the next run replaces the directory (making it writable to delete it)
     stage_convert(store, cfg["a"])
     assert {p: p.stat().st_mode for p in images} == before and tree_digest(raw["a"]) == digest
+
+
+@pytest.mark.parametrize("kind", ["flock", "file"])
+def test_stages_leave_a_store_that_passes_the_integrity_check(ws, monkeypatch, kind):
+    monkeypatch.setenv("TAOFLOW_STORE_LOCK", kind)
+    store, cfg, raw = ws
+    store = Store(cfg["a"].workspace)
+    convert = stage_convert(store, cfg["a"])
+    split = stage_split(store, cfg["a"], convert)
+    assert store.lock_mode == kind
+    assert store.check() == []
+    files = json.loads((Path(split.path) / ".files.json").read_text())
+    assert files and all(Path(split.path, rel).stat().st_size == size for rel, size in files.items())
+    assert not (Path(split.path).stat().st_mode & 0o022)  # readable by the other machines' workers, not writable
+    add_image(raw["a"], "new_a")
+    assert not stage_convert(store, cfg["a"]).cached
+    assert store.check() == []
