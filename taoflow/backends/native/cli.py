@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ...errors import TaoflowError
 
@@ -132,11 +133,148 @@ def _check_spec(args):
         logging.getLogger("taoflow.backends.native").warning("%s", warning)
 
 
+def _check_output_dir(path, flag):
+    """A directory the task will create or write into: refuse a path that is (or lies under) a non-directory."""
+    if path is None:
+        return
+    p = Path(path)
+    for d in (p, *p.parents):
+        if d.exists():
+            if not d.is_dir():
+                raise TaoflowError(f"{flag} {path}: {d} exists and is not a directory")
+            return
+
+
+def _check_output_file(path, flag):
+    if path is not None and Path(path).is_dir():
+        raise TaoflowError(f"{flag} {path} is a directory; {flag} names the output file")
+    if path is not None:
+        _check_output_dir(Path(path).parent, flag)
+
+
+def _check_positive(args, *names):
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise TaoflowError(f"--{name} must be at least 1, got {value}")
+
+
+def _check_model(spec, model_path, flag="-m"):
+    """The checkpoint loads and fits the spec; return its state."""
+    from .build import arch_from_spec
+    from .checkpoint import check_matches_spec, load_checkpoint
+    state = load_checkpoint(model_path)
+    if spec is not None:
+        check_matches_spec(state, arch_from_spec(spec), model_path)
+    return state
+
+
+def _check_data_sources(spec, training):
+    """The spec's data exist and read cleanly (labels, image headers) without decoding anything: what training or
+    evaluation would otherwise find only after writing status.json, weights/ and an epoch or more of work."""
+    from .data import tfrecord_files
+    from .kitti_eval_data import load_kitti_eval_data
+    dc = spec.effective.dataset_config
+    mapping = dict(dc.target_class_mapping)
+    if training:
+        sources = list(dc.data_sources)
+        if not sources:
+            raise TaoflowError(f"{spec.path}: dataset_config has no data_sources to train on")
+        if sources[0].tfrecords_path:
+            for s in sources:
+                if s.tfrecords_path:
+                    tfrecord_files(s.tfrecords_path)
+        else:
+            for s in sources:
+                load_kitti_eval_data(s.image_directory_path, s.label_directory_path, mapping, what="training")
+    if training and not spec.effective.eval_config.validation_period_during_training:
+        return
+    pairs = [(s.image_directory_path, s.label_directory_path) for s in dc.validation_data_sources
+             if s.image_directory_path and s.label_directory_path]
+    if not pairs:
+        raise TaoflowError(f"{spec.path}: no validation_data_sources with image and label directories"
+                           + (" (validation_period_during_training is set)" if training else ""))
+    for image_dir, label_dir in pairs:
+        load_kitti_eval_data(image_dir, label_dir, mapping)
+
+
+def _validate(args):
+    """Every argument and input a task reads, checked before the task writes anything (status.json, weights/,
+    results directories): bad input is one `error:` line and exit 2, with nothing created."""
+    from ...spec import load_experiment
+    if getattr(args, "gpus", 1) < 0:
+        raise TaoflowError(f"--gpus must be 0 or more, got {args.gpus}")
+    if args.gpu_index is not None and any(i < 0 for i in args.gpu_index):
+        raise TaoflowError(f"--gpu_index takes GPU indices (0 or more), got {args.gpu_index}")
+    if args.task == "train":
+        spec = load_experiment(args.experiment_spec_file, task="train")
+        from ...spec.experiment import check_native
+        check_native(spec, task="train")  # raises on refused fields; train() logs the warnings
+        if args.arch is not None and spec.is_dssd != (args.arch == "dssd"):
+            raise TaoflowError(f"--arch {args.arch} does not match the spec's "
+                               f"{'dssd_config' if spec.is_dssd else 'ssd_config'}")
+        epochs = spec.effective.training_config.num_epochs
+        if args.initial_epoch < 1 or args.initial_epoch > epochs:
+            raise TaoflowError(f"--initial_epoch must be between 1 and num_epochs ({epochs}) of "
+                               f"{args.experiment_spec_file}, got {args.initial_epoch}")
+        if args.initial_epoch > 1 and not args.resume_model_weights:
+            raise TaoflowError("--initial_epoch > 1 needs -m with the checkpoint to resume from")
+        if args.resume_model_weights:
+            state = _check_model(spec, args.resume_model_weights)
+            if args.initial_epoch > 1 and state.get("optimizer") is None:
+                raise TaoflowError(f"{args.resume_model_weights} has no optimizer state; resume needs a training "
+                                   f"checkpoint")
+        _check_output_dir(args.results_dir, "-r")
+        _check_data_sources(spec, training=True)
+    elif args.task == "evaluate":
+        spec = load_experiment(args.experiment_spec, task="evaluate")
+        _check_model(spec, args.model_path)
+        if bool(args.image_dir) != bool(args.label_dir):
+            raise TaoflowError("-i and -l go together: give both to evaluate other data, or neither")
+        _check_positive(args, "batch_size")
+        _check_output_dir(args.results_dir, "-r")
+        if args.image_dir:
+            from .kitti_eval_data import load_kitti_eval_data
+            load_kitti_eval_data(args.image_dir, args.label_dir, dict(spec.effective.dataset_config
+                                                                      .target_class_mapping))
+        else:
+            _check_data_sources(spec, training=False)
+    elif args.task == "inference":
+        if args.results_dir is None and not (args.out_image_dir and args.out_label_dir):
+            raise TaoflowError("give -r/--results_dir (TAO 5) or both -o and -l (TAO 3/4)")
+        spec = load_experiment(args.experiment_spec, task="inference")
+        _check_model(spec, args.model_path)
+        if not 0 <= args.threshold <= 1:
+            raise TaoflowError(f"-t/--threshold must be between 0 and 1, got {args.threshold}")
+        _check_positive(args, "batch_size")
+        for flag, path in (("-r", args.results_dir), ("-o", args.out_image_dir), ("-l", args.out_label_dir)):
+            _check_output_dir(path, flag)
+        from ...datasets.images import MAX_IMAGE_SIDE, image_size
+        from .inference import list_inputs
+        for path in list_inputs(args.image_dir):
+            image_size(path, MAX_IMAGE_SIDE)  # names a truncated or oversized image before any output exists
+    elif args.task == "prune":
+        spec = load_experiment(args.experiment_spec_path, task="any") if args.experiment_spec_path else None
+        _check_model(spec, args.model)
+        _check_output_file(args.output_file, "-o")
+        _check_output_dir(args.results_dir, "--results_dir")
+        _check_positive(args, "pruning_granularity", "min_num_filters")
+        if not args.pruning_threshold >= 0:
+            raise TaoflowError(f"-pth must be 0 or more, got {args.pruning_threshold}")
+    elif args.task == "export":
+        spec = load_experiment(args.experiment_spec, task="export") if args.experiment_spec else None
+        _check_model(spec, args.model)
+        _check_output_file(args.output_file, "-o")
+        _check_output_dir(args.results_dir, "--results_dir")
+        _check_positive(args, "batches", "batch_size", "max_batch_size", "min_batch_size", "opt_batch_size")
+
+
 def run(args):
     if args.task == "dataset_convert":
         from ...datasets.tfrecords import run_cli
         return run_cli(args)
     _check_spec(args)
+    _validate(args)
     if args.gpu_index is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in args.gpu_index)
     if args.task == "train" and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -144,12 +282,6 @@ def run(args):
     if args.task == "train":
         from .train import train
         from .evaluate import validation_fn
-        if args.arch is not None:
-            from ...spec import load_experiment
-            spec = load_experiment(args.experiment_spec_file, task="train")
-            if spec.is_dssd != (args.arch == "dssd"):
-                raise TaoflowError(f"--arch {args.arch} does not match the spec's "
-                                   f"{'dssd_config' if spec.is_dssd else 'ssd_config'}")
         result = train(args.experiment_spec_file, args.results_dir, resume_model=args.resume_model_weights,
                        initial_epoch=args.initial_epoch, gpus=args.gpus, use_amp=args.use_amp,
                        evaluate_fn=validation_fn)
@@ -191,6 +323,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a path that cannot be read, created or written
+        from ...cli import BAD_PATH_ERRNOS, os_error_message
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2 if e.errno in BAD_PATH_ERRNOS else 1
+    except Exception as e:  # noqa: BLE001 - a bug: one line (the traceback with -v), and a failed run's exit 1
+        logging.getLogger("taoflow").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {e} (a bug in taoflow; rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

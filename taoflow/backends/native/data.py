@@ -53,19 +53,32 @@ class DetectionCache:
 
 
 def _decode(args):
+    """(C, Hc, Wc) uint8 image, or the reason it cannot be decoded as text (the caller names the file)."""
     encoded, cache_hw, channels = args
     if isinstance(encoded, str):  # a raw-KITTI image path: read in the worker thread, not all up front
         try:
             with open(encoded, "rb") as f:
                 encoded = f.read()
-        except OSError:
-            return None
+        except OSError as e:
+            return f"cannot read it: {e.strerror or e}"
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(encoded, np.uint8), flag)
-    if img is None:
-        return None
-    img = cv2.resize(img, (cache_hw[1], cache_hw[0]), interpolation=cv2.INTER_AREA)
+    try:
+        img = cv2.imdecode(np.frombuffer(encoded, np.uint8), flag)
+        if img is None:
+            return "OpenCV cannot decode it (not a complete JPEG or PNG)"
+        img = cv2.resize(img, (cache_hw[1], cache_hw[0]), interpolation=cv2.INTER_AREA)
+    except cv2.error as e:  # e.g. a header claiming more pixels than OpenCV accepts (CV_IO_MAX_IMAGE_PIXELS)
+        return f"OpenCV cannot decode it: {_cv2_reason(e)}"
+    except MemoryError:
+        return "not enough memory to decode it (its header claims a very large image)"
     return img[None] if channels == 1 else img.transpose(2, 0, 1)
+
+
+def _cv2_reason(err):
+    """The useful part of a cv2.error: its message without OpenCV's source location, on one line."""
+    text = " ".join(str(err).split())
+    marker = "error: "
+    return text[text.index(marker) + len(marker):] if marker in text else text
 
 
 def tfrecord_files(pattern):
@@ -101,7 +114,7 @@ def load_tfrecords(patterns, cache_hw, channels=3, include_difficult=True, worke
         difficult.append(diff[keep])
         ids.append(f["frame/id"].bytes_list.value[0].decode("utf-8", "replace"))
         jobs.append((f["frame/encoded"].bytes_list.value[0], cache_hw, channels))
-        where.append(f"image {ids[-1]!r} stored in {_path}")
+        where.append((f"image {ids[-1]!r} stored in this TFRecord file", _path))
     return DetectionCache(_decode_all(jobs, where, workers), boxes, labels, difficult, ids)
 
 
@@ -109,9 +122,9 @@ def _decode_all(jobs, where, workers):
     # cv2 releases the GIL while decoding, so threads scale without copying bytes between processes.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         decoded = list(pool.map(_decode, jobs, chunksize=16))
-    for what, img in zip(where, decoded):
-        if img is None:
-            raise DataError(f"cannot decode {what}")
+    for (what, path), img in zip(where, decoded):
+        if isinstance(img, str):
+            raise DataError(f"cannot decode {what}: {img}", path=path)
     return torch.from_numpy(np.stack(decoded))
 
 
@@ -133,7 +146,7 @@ def load_kitti_folders(sources, target_class_mapping, cache_hw, channels=3, incl
             difficult.append(sample.difficult[keep])
             ids.append(str(sample.image_path))
             jobs.append((str(sample.image_path), cache_hw, channels))
-            where.append(f"image {sample.image_path}")
+            where.append(("image", sample.image_path))
     if not ids:
         raise DataError(f"the training data sources {[str(i) for i, _ in sources]} hold no images")
     return DetectionCache(_decode_all(jobs, where, workers), boxes, labels, difficult, ids)

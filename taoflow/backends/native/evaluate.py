@@ -38,7 +38,10 @@ def preprocess(image_bgr, channels, height, width, mean):
 
 
 def read_image(path):
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # OpenCV 5 raises for a header over CV_IO_MAX_IMAGE_PIXELS
+        raise TaoflowError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
     if img is None:
         raise TaoflowError(f"cannot read image {path}")
     return img

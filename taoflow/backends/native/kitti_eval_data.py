@@ -17,6 +17,9 @@ Deliberate differences, all louder than TAO and never changing a metric TAO woul
   file is a DataError unless missing_labels="skip".
 - TAO crashes with a bare ValueError on a bad occlusion or coordinate token; here it is a DataError with file:line.
 - TAO silently ignores non-empty lines with 1 to 8 tokens; here they are a DataError (a truncated label line).
+- Every image gets the data stage's header check (taoflow.datasets.images.image_size: a JPEG or PNG, not
+  truncated, at most MAX_IMAGE_SIDE pixels a side), so a file OpenCV would fail on later is a DataError naming it
+  before any work.
 """
 
 from dataclasses import dataclass
@@ -117,7 +120,7 @@ def load_kitti_eval_data(image_dir, label_dir, target_class_mapping, missing_lab
             if missing_labels == "skip":
                 continue  # TAO's _add_source keeps only images with a label file
             raise DataError(f"image has no label file (expected {label_path})", path=image_path)
-        width, height = imgs.image_size(image_path)
+        width, height = imgs.image_size(image_path, imgs.MAX_IMAGE_SIDE)
         boxes, labels, difficult = parse_eval_label(label_path, source_to_id)
         samples.append(EvalSample(image_path, label_path, width, height, boxes, labels, difficult))
     if not samples:

@@ -98,9 +98,8 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
     rank, world, local_rank = distributed_context()
     main_process = rank == 0
     results = Path(results_dir)
-    (results / "weights").mkdir(parents=True, exist_ok=True)
-    status = StatusLogger(results if main_process else None, append=initial_epoch > 1)
-    status.write("Starting SSD training.", status="STARTED")
+    if initial_epoch < 1:
+        raise TaoflowError(f"--initial_epoch must be 1 or more, got {initial_epoch}")
     tc = spec.effective.training_config
     seed = spec.effective.random_seed
     seed_everything(seed)
@@ -133,6 +132,10 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
     t0 = time.time()
     data = load_training_data(spec.effective.dataset_config, (round(h * CACHE_SCALE), round(w * CACHE_SCALE)), c)
     log.info("decoded %d training images in %.1f s", len(data), time.time() - t0)
+    # Outputs only now: a bad argument, checkpoint or training image above leaves results_dir untouched.
+    (results / "weights").mkdir(parents=True, exist_ok=True)
+    status = StatusLogger(results if main_process else None, append=initial_epoch > 1)
+    status.write("Starting SSD training.", status="STARTED")
     if device.type == "cuda":  # keep the decoded images on the GPU: batches are gathered and warped there
         data.images = data.images.to(device)
     net = model
