@@ -28,6 +28,20 @@ from .replies import MAX_REPLY_BYTES, ReplyError
 if logging.getLogger("asyncssh").level == logging.NOTSET:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
+# asyncssh formats a log line for every SSH packet before it asks whether packet logging (its debug level 3) is
+# on: about 5 % of the host's CPU in a rollout to a large fleet (bench/fleet.py --host-only). Format only when it
+# is on. (asyncssh internals, pinned below 3 in pyproject; left alone if they are not what this expects.)
+_packet_logger = getattr(getattr(asyncssh, "packet", None), "SSHPacketLogger", None)
+_ssh_logger = getattr(getattr(asyncssh, "logging", None), "SSHLogger", None)
+if _packet_logger is not None and hasattr(_packet_logger, "_log_packet") and hasattr(_ssh_logger, "_debug_level"):
+    _format_packet_log = _packet_logger._log_packet
+
+    def _log_packet(self, *args, **kwargs):
+        if _ssh_logger._debug_level >= 3:
+            _format_packet_log(self, *args, **kwargs)
+
+    _packet_logger._log_packet = _log_packet
+
 CHUNK = 4 << 20          # asyncssh splits each write into pipelined SFTP requests
 KILL_GRACE_S = 10        # `timeout -k`: SIGKILL this long after SIGTERM
 LOCAL_GRACE_S = 20       # the host waits this much longer than the device-side limit
