@@ -17,10 +17,17 @@ from taoflow.fsutil import write_text_atomic
 from taoflow.store import Store
 
 
-def _executor(backend, cfg=None):
-    """The step executor: taoflow's PyTorch SSD, or the real TAO Toolkit through the `tao` launcher."""
+def _executor(backend, cfg=None, export_format="onnx"):
+    """The step executor: taoflow's PyTorch SSD, or the real TAO Toolkit through the `tao` launcher.
+    export_format "etlt" (native): export writes model.etlt, encoded with the key of `tao_key_block` /
+    $TAO_MODEL_KEY, resolved when the export runs (never a parameter)."""
     if backend == "native":
         from taoflow.backends.native.executor import NativeExecutor
+        if export_format == "etlt":
+            from taoflow.backends.tao.flow_executor import config_from
+            from taoflow.backends.tao.masking import resolve_key
+            key_source = config_from((cfg or {}).get("tao_key_block")).key
+            return NativeExecutor(export_format="etlt", etlt_key=lambda: resolve_key(key_source))
         return NativeExecutor()
     if backend == "tao":
         from taoflow.backends.tao.flow_executor import TaoFlowExecutor, config_from
@@ -46,9 +53,26 @@ def _v(x):
     return x.result() if isinstance(x, State) else x
 
 
-@task(name="convert")
-def convert(cfg):
-    return _done(P.stage_convert(Store(cfg["workspace"]), _cfg(cfg)))
+@task(name="convert", task_run_name="convert-{source[name]}")
+def convert(cfg, source):
+    return _done(P.stage_convert(Store(cfg["workspace"]), _cfg(cfg), P.DatasetSource(**source)))
+
+
+@task(name="merge")
+def merge(cfg, sources, converted):
+    pairs = [(P.DatasetSource(**s), _res(c)) for s, c in zip(sources, converted)]
+    return _done(P.stage_merge(Store(cfg["workspace"]), _cfg(cfg), pairs))
+
+
+@task(name="coverage")
+def coverage(cfg, split_result):
+    """Objects per class and split side; refuses to go on when a class has no training or validation example."""
+    config = _cfg(cfg)
+    table = P.class_coverage(config, _res(split_result))
+    get_run_logger().info("objects per class (training / val): %s; dropped as unmapped: %s",
+                          ", ".join(f"{c} {n['training']}/{n['val']}" for c, n in table["classes"].items()),
+                          table["unmapped"] or "none")
+    return P.check_coverage(config, table)
 
 
 @task(name="split")
@@ -57,8 +81,8 @@ def split(cfg, converted):
 
 
 @task(name="tfrecords")
-def tfrecords(cfg, split_result):
-    return _done(P.stage_tfrecords(Store(cfg["workspace"]), _cfg(cfg), _res(split_result)))
+def tfrecords(cfg, split_result, sources=None):
+    return _done(P.stage_tfrecords(Store(cfg["workspace"]), _cfg(cfg), _res(split_result), sources))
 
 
 @task(name="train")
@@ -84,24 +108,25 @@ def retrain(cfg, records, split_result, pruned, backend):
 
 
 @task(name="export")
-def export(cfg, retrained, backend):
-    return _done(P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained), _executor(backend, cfg)))
+def export(cfg, retrained, backend, export_format="onnx"):
+    return _done(P.stage_export(Store(cfg["workspace"]), _cfg(cfg), _res(retrained),
+                                _executor(backend, cfg, export_format)))
 
 
 @task(name="report")
-def build_report(cfg, stages, backend, map_floor, parity_tolerance):
+def build_report(cfg, stages, backend, map_floor, parity_tolerance, class_counts=None):
     """Inference grid, model comparison, gates and curves; content-addressed like every other stage."""
     material = {"stages": {k: v["key"] for k, v in stages.items()}, "map_floor": map_floor,
                 "parity_tolerance": parity_tolerance}
 
     def produce(run_dir, _key):
-        return _report(cfg, stages, backend, Path(run_dir), map_floor, parity_tolerance)
+        return _report(cfg, stages, backend, Path(run_dir), map_floor, parity_tolerance, class_counts)
     result = P.run_stage(Store(cfg["workspace"]), "report", material, produce)
     d = dict(result.meta, path=result.path, cached=result.cached, key=result.key)
     return Completed(data=d, name="Cached", message=f"reused report {result.key}") if result.cached else d
 
 
-def _report(cfg, stages, backend, run_dir, map_floor, parity_tolerance):
+def _report(cfg, stages, backend, run_dir, map_floor, parity_tolerance, class_counts=None):
     trained, pruned, retrained, exported = (_res(stages[k]) for k in ("train", "prune", "retrain", "export"))
     spec = Path(retrained.path) / "experiment_spec.txt"
     val_images = sorted((Path(stages["split"]["path"]) / "out" / "val" / "image").iterdir())
@@ -115,7 +140,7 @@ def _report(cfg, stages, backend, run_dir, map_floor, parity_tolerance):
         rows.append(dict(model=name, **R.model_stats(ckpt), **{k: v for k, v in metrics.items()
                                                                if k == "mAP" or k.startswith("AP_")}))
     final_map = rows[-1]["mAP"]
-    checks = [quality.map_floor(final_map, map_floor),
+    checks = [quality.map_floor(final_map, map_floor, per_class=_ap_of(rows[-1]), val_objects=class_counts),
               quality.export_parity(spec, P.checkpoint_of(retrained), P.exported_model_of(exported),
                                     val_images[:8], rtol=parity_tolerance)]
     curves = R.training_curves({"train": trained.meta["history"], "retrain": retrained.meta["history"]},
@@ -126,6 +151,10 @@ def _report(cfg, stages, backend, run_dir, map_floor, parity_tolerance):
     rel = lambda p: str(Path(p).relative_to(run_dir)) if p else None  # noqa: E731 (paths move on commit)
     images = {"curves": rel(curves), "pr": rel(pr_png), "detections": rel(grid)}
     return {"rows": rows, "gates": checks, "images": images, "inference": rel(infer_dir)}
+
+
+def _ap_of(row):
+    return {k[3:]: v for k, v in row.items() if k.startswith("AP_")}
 
 
 @task(name="gate-vs-fleet")
@@ -144,11 +173,14 @@ def against_fleet(inventory, tags, model_name, map_value, max_drop):
 @flow(name="train-ssd", log_prints=True)
 def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               dataset_path: str = "workspace/raw/crpd_demo",
-              spec_set: Literal["demo_cpu", "crpd", "crpd_plate_type", "traffic"] = "demo_cpu",
+              spec_set: Literal["demo_cpu", "crpd", "crpd_plate_type", "kitti", "traffic"] = "demo_cpu",
+              extra_datasets: Optional[list[dict]] = None,
               backend: Literal["native", "tao"] = "native",
               prune_threshold: float = 0.1,
               prune_criterion: Literal["union", "intersection", "arithmetic_mean", "geometric_mean"] = "intersection",
               export_precision: Literal["fp32", "fp16", "int8"] = "fp16",
+              export_format: Literal["onnx", "etlt"] = "onnx",
+              etlt_devices: Literal["tensorrt", "onnxruntime"] = "tensorrt",
               map_floor: float = 0.85,
               max_map_drop: float = 0.02,
               parity_tolerance: float = 1e-3,
@@ -163,28 +195,38 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               tao_key_block: Optional[str] = None,
               clearml: bool = True) -> dict:
     logger = get_run_logger()
+    if export_format == "etlt" and backend != "native":
+        raise ValueError("export_format='etlt' is the native backend's: TAO 3/4 export .etlt themselves, TAO 5 ONNX")
     ws = Path(workspace).resolve()
     cfg = P.RunConfig(workspace=str(ws), dataset_kind=dataset_kind, dataset_path=str(Path(dataset_path).resolve()),
                       spec_set=spec_set, val_split=val_split, prune_threshold=prune_threshold,
                       prune_criterion=prune_criterion, export_precision=export_precision,
                       tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec,
-                      tao_key_block=tao_key_block).__dict__
+                      tao_key_block=tao_key_block, extra_datasets=extra_datasets).__dict__
     tracker = None
     try:
         stages = {}
-        stages["convert"] = _v(convert(cfg))
-        stages["split"] = _v(split(cfg, stages["convert"]))
-        stages["tfrecords"] = _v(tfrecords(cfg, stages["split"]))
+        # every dataset its own conversion; several are merged into one before the split (extra_datasets)
+        sources = [s.__dict__ for s in P.dataset_sources(_cfg(cfg))]
+        converted = [_v(convert(cfg, s)) for s in sources]
+        for i, (s, c) in enumerate(zip(sources, converted)):
+            stages["convert" if i == 0 else f"convert:{s['name']}"] = c
+        if len(sources) > 1:
+            stages["merge"] = _v(merge(cfg, sources, converted))
+        stages["split"] = _v(split(cfg, stages.get("merge", stages["convert"])))
+        class_counts = _v(coverage(cfg, stages["split"]))  # before any training: every class in both sides
+        names = [s["name"] for s in sources] if len(sources) > 1 else None
+        stages["tfrecords"] = _v(tfrecords(cfg, stages["split"], names))
         stages["train"] = _v(train(cfg, stages["tfrecords"], stages["split"], backend))
         stages["evaluate"] = _v(evaluate(cfg, stages["train"], backend, "evaluate"))
         stages["prune"] = _v(prune(cfg, stages["train"], backend))
         stages["retrain"] = _v(retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend))
         stages["evaluate_retrained"] = _v(evaluate(cfg, stages["retrain"], backend, "evaluate_retrained"))
-        stages["export"] = _v(export(cfg, stages["retrain"], backend))
+        stages["export"] = _v(export(cfg, stages["retrain"], backend, export_format))
         passport = P.passport([_res(s) for s in stages.values()])
         passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
                                if k == "mAP" or k.startswith("AP_")}
-        rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance))
+        rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance, class_counts))
         run_dir = ws / "runs" / passport["id"]  # a readable entry point per model: passport, report, links
         # ClearML: the task that produced this model, when an earlier run recorded it; a new task only for a run
         # that did something (a fully reused run adds no task and no second copy of the model)
@@ -206,7 +248,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         write_text_atomic(run_dir / "passport.json", json.dumps(passport, indent=2))
         markdown = R.summary_markdown(passport, rep["rows"], rep["gates"], {
             "exported model": model_file, **rep["images"],
-            "inference": str(Path(rep["path"]) / rep["inference"])})
+            "inference": str(Path(rep["path"]) / rep["inference"])}, class_counts=class_counts)
         write_text_atomic(run_dir / "report.md", markdown)
         create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
         create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
@@ -235,11 +277,11 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                                   sample_images=str(val_images), model_name=model_name, passport=passport,
                                   tags=deploy_tags, workspace=str(ws),
                                   reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"),
-                                  tao_key_block=tao_key_block)
+                                  tao_key_block=tao_key_block, etlt_devices=etlt_devices)
         summary = {
             "passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},
-            "model": model_file, "report": str(run_dir / "report.md"),
+            "model": model_file, "report": str(run_dir / "report.md"), "classes": class_counts,
             "run_dir": str(run_dir), "deployed": deployed,
         }
     except BaseException:

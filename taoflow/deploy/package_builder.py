@@ -63,9 +63,10 @@ def read_export(export_dir):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DeployError(f"not a {FORMAT} model.json", path=path)
     model_file, kind = str(meta.get("model_file", "")), (meta.get("output") or {}).get("kind")
-    if kind == "decoded" and not model_file.endswith((".onnx", ".etlt")):
-        raise DeployError(f"output kind 'decoded' is taoflow's ONNX (or .etlt) export; model_file {model_file!r} is "
-                          f"neither", path=path)
+    native_etlt = model_file.endswith(".etlt") and isinstance(meta.get("etlt"), dict)
+    if kind == "decoded" and not (model_file.endswith(".onnx") or native_etlt):
+        raise DeployError(f"output kind 'decoded' is taoflow's ONNX export; model_file {model_file!r} is not .onnx "
+                          f"(nor a .etlt of `export --etlt`, whose model.json has an `etlt` section)", path=path)
     if kind == "tao_nms" and not model_file.endswith((".onnx", ".etlt")):
         raise DeployError(f"output kind 'tao_nms' is TAO's .onnx or .etlt export, not {model_file!r}", path=path)
     if kind not in ("decoded", "tao_nms"):
@@ -327,23 +328,69 @@ def expected_text(expected):
     return "{" + head + ',\n "images": {\n' + ",\n".join(images) + "\n }}\n"
 
 
+def open_etlt(export_dir, meta, key):
+    """Decode the export's .etlt with `key` (taoflow.etlt.Decoded); None without a key. A native export's model.json
+    records the payload's sha256, so a wrong key is told apart from the model for certain."""
+    if not key:
+        return None
+    expect = (meta.get("etlt") or {}).get("payload_sha256")
+    try:
+        return codec.decode_bytes(export_dir / meta["model_file"], key, expect_sha256=expect)
+    except codec.CodecUnavailable as e:
+        raise DeployError(f"cannot open {meta['model_file']} on the host: {e}") from None
+    except codec.EtltError as e:
+        raise DeployError(e.message, path=e.path) from None
+
+
+def etlt_facts(decoded):
+    """What preflight needs of a decoded .etlt, for the package's model.json (`etlt`)."""
+    facts = {"payload": decoded.payload, "input_name": decoded.input_name, "payload_sha256": decoded.sha256}
+    if decoded.payload == "onnx":
+        f = decoded.facts
+        facts.update(ops=sorted(set(f["ops"]) | set(f["plugins"])), plugins=f["plugins"], opset=f["opset"],
+                     ir_version=f["ir_version"], inputs=f["inputs"], outputs=f["outputs"])
+    return facts
+
+
 def build_package(export_dir, dest, images, *, passport=None, count=8, score_threshold=0.3, iou_threshold=0.5,
-                  max_candidates=64, replace=False, reference_labels=None, reference_threshold=0.3):
+                  max_candidates=64, replace=False, reference_labels=None, reference_threshold=0.3, etlt_key=None,
+                  etlt_devices="tensorrt"):
     """Write a model package to `dest` and return it loaded (taoflow.deploy.Package).
 
     `images`: a directory (e.g. the validation images) or a list of image files; up to `max_candidates` of them,
     spread over the sorted list, are run on the host and `count` become samples/. `passport`: the dict the
     pipeline made (content keys from raw data to this export), written as passport.json.
     `reference_labels`: for TAO's own export, the `labels/` directory TAO's `ssd inference` wrote for these images
-    with the exported model, at `reference_threshold` (its -t); ignored for a native export, which the host runs.
+    with the exported model, at `reference_threshold` (its -t); used when the host cannot run the graph (a .etlt
+    without its key, a UFF payload); ignored for a native export, which the host runs.
+    `etlt_key`: the key of a .etlt export (default $TAO_MODEL_KEY), to decode it on the host (never written
+    anywhere). `etlt_devices`: "tensorrt" ships the .etlt (built on the device by tao-converter); "onnxruntime"
+    ships a native .etlt export's ONNX decoded on the host, for ONNX Runtime devices.
     """
     export_dir = Path(export_dir)
     meta = read_export(export_dir)
+    if etlt_devices not in ("tensorrt", "onnxruntime"):
+        raise DeployError(f"etlt_devices {etlt_devices!r}: choose tensorrt or onnxruntime")
     tao = meta["output"]["kind"] == "tao_nms"
-    if tao and reference_labels is None:
-        raise DeployError(f"{export_dir / meta['model_file']} is TAO's export, which only TensorRT runs: give the "
-                          f"labels TAO's `ssd inference` wrote for the sample images (reference_labels)")
-    if tao and score_threshold < reference_threshold + RECORD_MARGIN:
+    model_path = export_dir / meta["model_file"]
+    is_etlt = model_path.suffix == ".etlt"
+    decoded = open_etlt(export_dir, meta, etlt_key or codec.key_from_env()) if is_etlt else None
+    if is_etlt and decoded is None and not tao:
+        raise DeployError(f"{model_path} is encrypted: give its key (etlt_key, or $TAO_MODEL_KEY) so the host can "
+                          f"decode it and compute the smoke expectations")
+    ship_onnx = is_etlt and etlt_devices == "onnxruntime"
+    if ship_onnx and (tao or decoded is None or decoded.payload != "onnx"):
+        raise DeployError(f"{model_path}: only a native .etlt export (an ONNX payload without the NMS plugin) can be "
+                          f"shipped decoded to ONNX Runtime devices; TAO's graph needs TensorRT's NMS plugin")
+    # the host runs the graph: always for a native export; for TAO's, when it decoded an ONNX .etlt (ending in the
+    # NMS plugin, which the host replaces by its reference implementation)
+    host_graph = decoded.data if tao and decoded is not None and decoded.payload == "onnx" else None
+    if tao and host_graph is None and reference_labels is None:
+        why = {None: "", "uff": " (a UFF payload: TAO 3/4)"}.get(decoded and decoded.payload, "")
+        hint = "" if decoded is not None or not is_etlt else "; or the .etlt's key (ONNX payload), to run it on the host"
+        raise DeployError(f"{model_path} is TAO's export{why}, which only TensorRT runs: give the labels TAO's "
+                          f"`ssd inference` wrote for the sample images (reference_labels){hint}")
+    if tao and host_graph is None and score_threshold < reference_threshold + RECORD_MARGIN:
         # expected.json must hold detections down to score_threshold - RECORD_MARGIN, and TAO wrote none below
         # its own threshold
         log.info("score threshold %.2f -> %.2f: TAO's inference labels stop at %.2f", score_threshold,
@@ -362,13 +409,26 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
         candidates.append((path, image))
     if not candidates:
         raise DeployError(f"none of the sample images in {images} could be read")
-    if tao:
+    floor = max(0.0, score_threshold - RECORD_MARGIN)
+    if tao and host_graph is None:
         detections = reference_detections(candidates, reference_labels, list(meta["classes"]))
         host = {"runtime": "tao ssd inference", "threshold": reference_threshold}
+    elif tao:
+        model = PluginHostModel(host_graph, meta, model_path)
+        detections = model.detect([(p.name, im) for p, im in candidates], floor)
+        host = {"runtime": "onnxruntime", "runtime_version": model.version,
+                "graph": f"up to {model.plugin}, then taoflow's reference decoding and NMS with its attributes"}
     else:
-        model = HostModel(export_dir / meta["model_file"], meta)
-        detections = model.detect([(p.name, im) for p, im in candidates], max(0.0, score_threshold - RECORD_MARGIN))
+        model = HostModel(decoded.data if decoded is not None else model_path, meta, model_path)
+        detections = model.detect([(p.name, im) for p, im in candidates], floor)
         host = {"runtime": "onnxruntime", "runtime_version": model.version}
+    if decoded is not None:
+        meta = dict(meta, etlt=dict(meta.get("etlt") or {}, **etlt_facts(decoded)))
+    shipped = meta["model_file"]
+    if ship_onnx:
+        shipped = str(Path(meta["model_file"]).with_suffix(".onnx"))
+        meta = dict(meta, model_file=shipped, etlt=dict(meta["etlt"], decoded_on_host=True,
+                                                         etlt_file=model_path.name, etlt_sha256=sha256_file(model_path)))
     chosen = pick_samples(detections, count, score_threshold)
     if not any(d["confidence"] > score_threshold for n in chosen for d in detections[n]):
         log.warning("no sample image has a host detection above %s: the smoke test will only prove that the "
@@ -376,11 +436,17 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     by_name = {p.name: p for p, _ in candidates}
     expected = {"iou_threshold": iou_threshold, "score_threshold": score_threshold,
                 "images": {name: detections[name] for name in chosen},
-                "host": dict(host, model_sha256=sha256_file(export_dir / meta["model_file"]))}
+                "host": dict(host, model_sha256=decoded.sha256 if ship_onnx else sha256_file(model_path))}
     with atomic_dir(dest, replace=replace) as tmp:
-        for name in (meta["model_file"], "model.json", "labels.txt") + OPTIONAL_FILES:
+        if ship_onnx:
+            (tmp / shipped).write_bytes(decoded.data)
+        else:
+            shutil.copy2(model_path, tmp / shipped)
+        for name in ("labels.txt",) + OPTIONAL_FILES + (() if is_etlt else ("model.json",)):
             if (export_dir / name).is_file():
                 shutil.copy2(export_dir / name, tmp / name)
+        if is_etlt:  # model.json as exported, plus what the host learnt from the decoded .etlt (never the key)
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (tmp / "samples").mkdir()
         for name in chosen:
             shutil.copy2(by_name[name], tmp / "samples" / name)

@@ -84,10 +84,18 @@ def _onnx_facts(path, sha256):
 
 
 def model_facts(package):
-    """(operators, opset, IR version) of the package's ONNX model, or None for a .etlt."""
-    if not package.meta["model_file"].endswith(".onnx"):
+    """(operators, opset, IR version) of the package's ONNX model; for a .etlt, of the ONNX inside it as the package
+    builder recorded it after decoding it on the host (model.json `etlt`); None when that is unknown (a .etlt
+    packaged without its key, or a TAO 3/4 UFF payload)."""
+    meta = package.meta
+    if meta["model_file"].endswith(".etlt"):
+        inside = meta.get("etlt") if isinstance(meta.get("etlt"), dict) else {}
+        if inside.get("payload") != "onnx" or not isinstance(inside.get("ops"), list):
+            return None
+        return frozenset(inside["ops"]), inside.get("opset"), inside.get("ir_version") or 0
+    if not meta["model_file"].endswith(".onnx"):
         return None
-    path = package.path / package.meta["model_file"]
+    path = package.path / meta["model_file"]
     return _onnx_facts(str(path), package.model_sha256)
 
 
@@ -114,8 +122,12 @@ def device_problems(probe, package):
         problems += _onnxruntime_problems(probe, package)
     elif needs_plugins:
         have = " and ".join(runtimes) or "no runtime"
+        hint = ""
+        if etlt and (meta.get("output") or {}).get("kind") == "decoded" and "onnxruntime" in runtimes:
+            hint = (" (package a native .etlt export for ONNX Runtime devices with etlt_devices='onnxruntime': the "
+                    "host decodes it and ships the ONNX)")
         problems.append(f"a {'.etlt' if etlt else 'TAO NMS-plugin'} model needs TensorRT with pycuda; the device "
-                        f"has {have}")
+                        f"has {have}{hint}")
     else:
         problems.append("neither TensorRT with pycuda nor onnxruntime in the device Python: install pycuda "
                         "(JetPack has TensorRT) or onnxruntime")
@@ -138,11 +150,12 @@ def _tensorrt_problems(probe, package, needs_plugins):
         elif not (package.path / "cal.bin").is_file():
             problems.append("an INT8 package needs its calibration cache cal.bin")
     facts = model_facts(package)
-    # TAO 5's ONNX ends in an NMSDynamic_TRT node, which the parser hands to the plugin of that name; a .etlt
-    # cannot be read here, and TAO 3/4's UFF graphs use NMS_TRT and BatchTilePlugin_TRT
+    # TAO 5's ONNX ends in an NMSDynamic_TRT node, which the parser hands to the plugin of that name; a .etlt whose
+    # graph the host could not read is assumed to be TAO 3/4's UFF (NMS_TRT and BatchTilePlugin_TRT); a native .etlt
+    # (read on the host when packaged) names no plugin
     plugin_ops = sorted(op for op in facts[0] if op.endswith(PLUGIN_SUFFIX)) if facts is not None else []
-    if needs_plugins:
-        wanted = plugin_ops if facts is not None else list(ETLT_PLUGINS)
+    wanted = plugin_ops if facts is not None else list(ETLT_PLUGINS)
+    if needs_plugins and wanted:
         found = (probe.get("nvinfer_plugin") or {}).get("plugins")
         missing = [p for p in wanted if found is not None and p not in found]
         if probe.get("nvinfer_plugin") is None or missing:
