@@ -23,6 +23,9 @@ from .spec import load_dataset_export, render, rewrite_paths
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 DEMO_IMAGES = 400
+DATASETS = ("crpd", "traffic")
+TRAFFIC_SPECS = (SPECS_DIR / "traffic" / "ssd_train_resnet10_traffic_demo_cpu.txt",
+                 SPECS_DIR / "traffic" / "ssd_retrain_resnet10_traffic_demo_cpu.txt")
 
 
 def demo_dataset(workspace, num_images=DEMO_IMAGES, seed=0, workers=None, progress=True):
@@ -32,18 +35,52 @@ def demo_dataset(workspace, num_images=DEMO_IMAGES, seed=0, workers=None, progre
     return raw
 
 
+def traffic_dataset(workspace, num_images=DEMO_IMAGES, seed=0, workers=None, progress=True, image_size=None):
+    """KITTI-format traffic frames and a road-sign set (a third as many), generated once into <ws>/raw/."""
+    from .datasets.demo_traffic import KITTI_SIZE, generate_kitti, generate_road_signs
+    raw = Path(workspace).resolve() / "raw"
+    kitti, signs = raw / "kitti_demo", raw / "road_signs_demo"
+    opts = dict(seed=seed, image_size=image_size or KITTI_SIZE, workers=workers or default_workers(),
+                progress=progress)
+    if not kitti.exists():
+        generate_kitti(kitti, num_images=num_images, **opts)
+    if not signs.exists():
+        generate_road_signs(signs, num_images=max(1, num_images // 3), **opts)
+    return kitti, signs
+
+
+def _flow_arguments(dataset, ws, num_images, seed, workers, progress, image_size, specs):
+    """train_ssd's data and spec arguments for a demo dataset."""
+    if dataset == "crpd":
+        raw = demo_dataset(ws, num_images, seed, workers, progress)
+        return {"dataset_kind": "crpd", "dataset_path": str(raw), "spec_set": "demo_cpu", "model_name": "lpd-demo",
+                **({"train_spec": str(specs[0]), "retrain_spec": str(specs[1])} if specs else {})}
+    if dataset == "traffic":
+        from .datasets.demo_traffic import SIGN_CLASS_MAP
+        kitti, signs = traffic_dataset(ws, num_images, seed, workers, progress, image_size)
+        train_spec, retrain_spec = specs or TRAFFIC_SPECS
+        return {"dataset_kind": "kitti", "dataset_path": str(kitti), "spec_set": "traffic",
+                "extra_datasets": [{"kind": "kitti", "name": "road_signs", "path": str(signs),
+                                    "class_map": SIGN_CLASS_MAP}],
+                "train_spec": str(train_spec), "retrain_spec": str(retrain_spec), "model_name": "traffic-demo"}
+    raise TaoflowError(f"unknown demo dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
 def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None, progress=True, map_floor=0.85,
-             device_server="auto"):
+             device_server="auto", dataset="crpd", image_size=None, specs=None):
     """Run train-ssd on the demo data; return a machine-readable summary.
 
     device_server: the simulated Nano's SSH server, "openssh" (the system's sshd), "embedded" (asyncssh inside
-    this process, needs nothing installed) or "auto" (OpenSSH when installed)."""
+    this process, needs nothing installed) or "auto" (OpenSSH when installed).
+    dataset: "crpd" (license plates) or "traffic" (KITTI-format frames plus a road-sign set, 4 classes).
+    image_size (traffic only, default KITTI's 1242x375) and specs ((train, retrain) spec files) make small runs
+    for tests."""
     t0 = time.time()
     from .deploy.simulator import SimulatedNano, resolve_server_kind
     device_server = resolve_server_kind(device_server)  # a bad choice fails before any work
     ws = Path(workspace).resolve()
     ws.mkdir(parents=True, exist_ok=True)
-    raw = demo_dataset(ws, num_images, seed, workers, progress)
+    args = _flow_arguments(dataset, ws, num_images, seed, workers, progress, image_size, specs)
     os.environ.setdefault("PREFECT_HOME", str(ws / "prefect"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -58,8 +95,7 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
     with server, SimulatedNano(ws, kind=device_server) as nano:  # an SSH server on 127.0.0.1 as a Jetson Nano
         inventory = nano.start()
         server.wait()
-        result = train_ssd(dataset_kind="crpd", dataset_path=str(raw), spec_set="demo_cpu", workspace=str(ws),
-                           map_floor=map_floor, deploy_inventory=str(inventory), model_name="lpd-demo")
+        result = train_ssd(workspace=str(ws), map_floor=map_floor, deploy_inventory=str(inventory), **args)
     summary = {
         "map": result["map"],
         "gates_passed": result["gates_passed"],
@@ -73,7 +109,10 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
         "fleet": (result["deployed"] or {}).get("devices", []),
         "wall_seconds": round(time.time() - t0, 1),
         "passport": result["passport"]["id"],
-        "paths": {"workspace": str(ws), "dataset": str(raw), "model": result["model"], "report": result["report"],
+        "dataset": dataset,
+        "ap": {k[3:]: v for k, v in result["passport"]["metrics"].items() if k.startswith("AP_")},
+        "classes": result.get("classes"),
+        "paths": {"workspace": str(ws), "dataset": args["dataset_path"], "model": result["model"], "report": result["report"],
                   "clearml_session": result.get("clearml_session")},
     }
     write_text_atomic(ws / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
@@ -106,7 +145,11 @@ def prepare_data_stage(workspace, num_images=300, seed=0, workers=None, progress
 
 def add_cli_arguments(parser):
     parser.add_argument("-w", "--workspace", default="workspace", help="data and results (default ./workspace)")
-    parser.add_argument("-n", "--num-images", type=int, default=DEMO_IMAGES, help="demo images to generate")
+    parser.add_argument("--dataset", choices=DATASETS, default="crpd",
+                        help="crpd: license plates (default); traffic: KITTI-format frames plus a road-sign set, "
+                             "4 classes (road_sign, vehicle, pedestrian, bicycle), two datasets merged")
+    parser.add_argument("-n", "--num-images", type=int, default=DEMO_IMAGES,
+                        help="demo images to generate (traffic: KITTI frames, plus a third as many road-sign frames)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-j", "--workers", type=int, default=None, help="parallel processes (default: CPU count)")
     parser.add_argument("--map-floor", type=float, default=0.85, help="quality gate: minimum mAP to deploy")
@@ -119,7 +162,8 @@ def add_cli_arguments(parser):
 
 def run_cli(args):
     summary = run_demo(args.workspace, num_images=args.num_images, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress, map_floor=args.map_floor, device_server=args.device_server)
+                       progress=not args.no_progress, map_floor=args.map_floor, device_server=args.device_server,
+                       dataset=args.dataset)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -127,6 +171,8 @@ def run_cli(args):
     print(f"taoflow demo finished in {summary['wall_seconds']} s: mAP {summary['map']:.4f}, "
           f"gates {'passed' if summary['gates_passed'] else 'FAILED'}, passport {summary['passport']}")
     print(f"  stages run: {', '.join(summary['stages_run']) or 'none (all reused)'}")
+    if summary["ap"]:
+        print("  AP per class: " + ", ".join(f"{c} {ap:.4f}" for c, ap in summary["ap"].items()))
     for d in summary["fleet"]:
         print(f"  device {d['device']} ({summary['device_server']} SSH server): {d['status'].replace('_', ' ')}, "
               f"current {d['current']}, smoke {d['fps'] or 0:.0f} FPS")

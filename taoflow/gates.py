@@ -5,8 +5,31 @@ from pathlib import Path
 import numpy as np
 
 
-def map_floor(map_value, floor):
-    return {"name": "mAP floor", "passed": bool(map_value >= floor), "detail": f"mAP {map_value:.4f} vs floor {floor}"}
+def map_floor(map_value, floor, per_class=None, val_objects=None):
+    """mAP >= floor. per_class ({class: AP}) and val_objects (class_coverage's table, or {class: val objects}) make
+    the detail say what the mAP averaged: TAO's mAP is the plain mean of the per-class APs, a class without
+    validation objects counting as AP 0, so one weak or absent class can fail the gate on its own."""
+    passed = bool(map_value >= floor)
+    detail = f"mAP {map_value:.4f} vs floor {floor}"
+    if per_class:
+        counts = _val_counts(val_objects)
+        parts = []
+        for cls, ap in sorted(per_class.items()):
+            n = counts.get(cls)
+            note = "" if n is None else " (no validation object: counted as 0)" if n == 0 else f" ({n} val objects)"
+            parts.append(f"{cls} {ap:.4f}{note}")
+        detail += f": mean of {len(per_class)} class APs: " + ", ".join(parts)
+        if not passed:
+            weakest = min(per_class, key=per_class.get)
+            detail += f"; weakest: {weakest}"
+    return {"name": "mAP floor", "passed": passed, "detail": detail}
+
+
+def _val_counts(val_objects):
+    if not val_objects:
+        return {}
+    table = val_objects.get("classes", val_objects)
+    return {c: (n["val"] if isinstance(n, dict) else n) for c, n in table.items()}
 
 
 def no_regression(map_value, deployed_map, max_drop, where=""):

@@ -100,8 +100,30 @@ def model_stats(checkpoint, runs=10):
             "cpu_latency_ms": 1000 * (time.perf_counter() - t0) / runs}
 
 
-def summary_markdown(passport, rows, gates, paths):
-    """The report a person reads first: gates, model comparison, passport."""
+def per_class_markdown(rows, class_counts=None):
+    """One row per class: its objects in each side of the split (the data stage's coverage table) and its AP for
+    each model that was evaluated, so a low mAP can be traced to the class that makes it."""
+    classes = sorted({k[3:] for r in rows for k in r if k.startswith("AP_")} | set((class_counts or {}).get(
+        "classes", {})))
+    if not classes:
+        return []
+    evaluated = [r for r in rows if any(k.startswith("AP_") for k in r)]
+    counts = (class_counts or {}).get("classes", {})
+    lines = ["## AP per class", "", "| class | training objects | val objects | "
+             + " | ".join(f"AP {r['model']}" for r in evaluated) + " |", "|---" * (3 + len(evaluated)) + "|"]
+    for c in classes:
+        n = counts.get(c, {})
+        aps = " | ".join("n/a" if r.get(f"AP_{c}") is None else f"{r[f'AP_{c}']:.4f}" for r in evaluated)
+        lines.append(f"| {c} | {n.get('training', 'n/a')} | {n.get('val', 'n/a')} | {aps} |")
+    unmapped = (class_counts or {}).get("unmapped")
+    if unmapped:
+        lines += ["", "Objects of classes no target class maps to (dropped, as TAO drops them): "
+                  + ", ".join(f"{c} {n}" for c, n in unmapped.items())]
+    return lines + [""]
+
+
+def summary_markdown(passport, rows, gates, paths, class_counts=None):
+    """The report a person reads first: gates, model comparison, AP per class, passport."""
     lines = ["# train-ssd report", "", f"Passport `{passport['id']}`", ""]
     lines += ["## Gates", "", "| gate | passed | detail |", "|---|---|---|"]
     lines += [f"| {g['name']} | {'yes' if g['passed'] else '**no**'} | {g['detail']} |" for g in gates]
@@ -114,7 +136,8 @@ def summary_markdown(passport, rows, gates, paths):
         aps = " | ".join(num(r.get('AP_' + c, float('nan')), ".4f") for c in classes)
         lines.append(f"| {r['model']} | {num(r['params'], ',')} | {num(r['gflops'], '.3f')} | {num(r['mAP'], '.4f')} "
                      f"| {aps} | {num(r['cpu_latency_ms'], '.1f')} |")
-    lines += ["", "## Passport (stage keys, raw data to exported model)", "", "| stage | key |", "|---|---|"]
+    lines += [""] + per_class_markdown(rows, class_counts)
+    lines += ["## Passport (stage keys, raw data to exported model)", "", "| stage | key |", "|---|---|"]
     lines += [f"| {stage} | `{key}` |" for stage, key in passport["stages"].items()]
     lines += ["", "## Files", ""] + [f"- {name}: `{path}`" for name, path in paths.items() if path]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 # deployment name -> parameters (the flow's defaults fill the rest)
 DEPLOYMENTS = {
     "crpd": {"dataset_kind": "crpd", "spec_set": "crpd", "dataset_path": "workspace/raw/crpd"},
+    "kitti": {"dataset_kind": "kitti", "spec_set": "kitti", "dataset_path": "workspace/raw/kitti"},
+    # KITTI plus a road-sign dataset: give it per run, e.g. --param 'extra_datasets=[{"path": ..., "class_map": ...}]'
     "traffic": {"dataset_kind": "kitti", "spec_set": "traffic", "dataset_path": "workspace/raw/kitti"},
     "demo": {"dataset_kind": "crpd", "spec_set": "demo_cpu", "dataset_path": "workspace/raw/crpd_demo"},
 }

@@ -386,9 +386,15 @@ def parse_fractions(text):
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output-dir", required=True, help="directory to create (must not exist)")
+    parser.add_argument("--kind", choices=("crpd", "kitti"), default="crpd",
+                        help="crpd: license plates in CRPD's format (default); kitti: KITTI-format traffic frames in "
+                             "OUT/kitti/{image_2,label_2} and a KITTI-format road-sign set in OUT/road_signs/")
     parser.add_argument("-n", "--num-images", type=int, default=200, help="number of images (default 200)")
+    parser.add_argument("--road-signs", type=int, default=None,
+                        help="--kind kitti: road-sign frames (default a third of --num-images; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--image-size", default=None,
+                        help="WIDTHxHEIGHT (default 640x480 for crpd, KITTI's 1242x375 for kitti)")
     parser.add_argument("--max-plates", type=int, default=4, help="at most this many plates per image (default 4)")
     parser.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,val,test (default 0.8,0.1,0.1)")
     parser.add_argument("-j", "--workers", type=int, default=1, help="worker processes (default 1)")
@@ -396,9 +402,32 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def run_kitti_cli(args) -> int:
+    from .demo_traffic import KITTI_SIZE, generate_kitti, generate_road_signs
+    size = parse_image_size(args.image_size) if args.image_size else KITTI_SIZE
+    out = Path(args.output_dir)
+    if out.exists() and not args.replace:
+        raise TaoflowError(f"{out} exists; choose a new directory or pass --replace")
+    out.mkdir(parents=True, exist_ok=True)
+    opts = dict(seed=args.seed, image_size=size, workers=args.workers, progress=not args.no_progress,
+                replace=args.replace)
+    kitti = generate_kitti(out / "kitti", num_images=args.num_images, **opts)
+    print(f"Wrote {kitti['images']} KITTI-format frames ({size[0]}x{size[1]} PNG) to {kitti['output_dir']}: "
+          + ", ".join(f"{c} {n}" for c, n in kitti["objects"].items()))
+    n_signs = args.num_images // 3 if args.road_signs is None else args.road_signs
+    if n_signs:
+        signs = generate_road_signs(out / "road_signs", num_images=n_signs, **opts)
+        print(f"Wrote {signs['images']} road-sign frames to {signs['output_dir']}: "
+              + ", ".join(f"{c} {n}" for c, n in signs["objects"].items())
+              + " (class map for the traffic spec set: every category -> road_sign)")
+    return 0
+
+
 def run_cli(args) -> int:
+    if args.kind == "kitti":
+        return run_kitti_cli(args)
     stats = generate_crpd(args.output_dir, num_images=args.num_images, seed=args.seed,
-                          image_size=parse_image_size(args.image_size),
+                          image_size=parse_image_size(args.image_size or "640x480"),
                           split_fractions=parse_fractions(args.split_fractions), max_plates=args.max_plates,
                           workers=args.workers, progress=not args.no_progress, replace=args.replace)
     images = ", ".join(f"{s} {n}" for s, n in stats["images"].items() if n)

@@ -153,7 +153,7 @@ def test_cli_preset_and_class_map(kitti_tree, tmp_path, capsys):
 
 def test_published_kitti_pngs_pass_through_convert_split_and_tfrecords(tmp_path):
     """KITTI as published (image_2/ 1242x375 PNGs, label_2/ with 9 classes) through the whole data stage, with the
-    traffic TFRecords spec (which names ".jpg"): every image byte reaches the records untouched."""
+    traffic TFRecords spec made to name ".jpg": every image byte reaches the records untouched."""
     from taoflow.datasets.split import split_dataset
     from taoflow.datasets.tfrecords import dataset_convert
     from tests.datasets.kitti_samples import KITTI_CLASSES, write_kitti_frames
@@ -174,7 +174,8 @@ def test_published_kitti_pngs_pass_through_convert_split_and_tfrecords(tmp_path)
     spec = tmp_path / "tfrecords.txt"
     root = tmp_path / "split" / "training"
     spec.write_text((REPO / "specs" / "traffic" / "ssd_tfrecords_traffic.txt").read_text()
-                    .replace('"traffic/split/training"', f'"{root}"'))
+                    .replace('"traffic/split/training"', f'"{root}"')
+                    .replace("kitti_config {", 'kitti_config {\n  image_extension: ".jpg"'))
     records = dataset_convert(spec, tmp_path / "tfr" / "train", progress=False)
     assert records["num_images"] == 4 and "'.jpg' matches no file" in records["image_extension_note"]
     from tfrecord.reader import tfrecord_loader
