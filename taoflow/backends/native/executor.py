@@ -1,40 +1,58 @@
-"""The native backend behind the interface the pipeline calls (the TAO backend offers the same methods)."""
+"""The native backend behind the interface the pipeline calls (the TAO backend offers the same methods).
+
+GPU placement (taoflow.gpus): training, evaluation and inference each lease `gpus` of the worker's GPUs for their
+duration and run on the first of them (`cuda:<ordinal>`); no GPU on the machine, or `gpus=0`, runs on the CPU.
+Pruning and export run on the CPU and lease nothing."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ... import gpus as G
+
 
 class NativeExecutor:
     name = "native"
 
-    def __init__(self, device=None, export_format="onnx", etlt_key=None):
+    def __init__(self, device=None, export_format="onnx", etlt_key=None, gpus=1, share_gpus=False):
         """export_format "etlt": export writes model.etlt (the ONNX encoded with `etlt_key`, a string or a callable
         returning it, default $TAO_MODEL_KEY) and keeps the plain model.onnx beside it on the host."""
         if export_format not in ("onnx", "etlt"):
             raise ValueError(f"export_format {export_format!r}: choose onnx or etlt")
-        self.device = device
+        self.device = device  # an explicit torch device wins over GPU placement
         self.export_format = export_format
         self._etlt_key = etlt_key
+        self.gpus = gpus  # how many of the worker's GPUs a step leases (0: CPU)
+        self.share_gpus = share_gpus  # True: take them even when another run of this machine holds them
 
-    def _device(self):
+    def _lease(self, what):
+        if self.device is not None:
+            return G.lease(0)
+        return G.lease(self.gpus, self.share_gpus, what=f"native {what}")
+
+    def _device(self, placement=None):
         from .train import pick_device
-        return self.device or pick_device()
+        if self.device is not None:
+            return self.device
+        return pick_device(1 if placement else self.gpus, placement.ordinals if placement else None)
 
     def train(self, spec_path, results_dir, resume_model=None, initial_epoch=1):
         from .evaluate import validation_fn
         from .train import train
-        return train(spec_path, results_dir, resume_model=resume_model, initial_epoch=initial_epoch,
-                     device=self.device, evaluate_fn=validation_fn)
+        with self._lease("train") as placement:
+            return train(spec_path, results_dir, resume_model=resume_model, initial_epoch=initial_epoch,
+                         gpus=1 if placement else self.gpus, gpu_index=placement.ordinals or None,
+                         device=self.device, evaluate_fn=validation_fn)
 
     def evaluate(self, spec_path, model_path, out_dir):
         """AP per class and mAP as TAO reports them, plus PR curves saved for the report."""
         from .build import anchors_for
         from .evaluate import evaluate_model, load_model_for
         spec, model, arch = load_model_for(spec_path, model_path)
-        device = self._device()
-        metrics = evaluate_model(model.to(device), spec, anchors_for(spec, arch["nlayers"]).to(device), device)
+        with self._lease("evaluate") as placement:
+            device = self._device(placement)
+            metrics = evaluate_model(model.to(device), spec, anchors_for(spec, arch["nlayers"]).to(device), device)
         pr = {name: {"precision": np.asarray(p).tolist(), "recall": np.asarray(r).tolist()}
               for name, (p, r) in metrics.pop("pr").items()}
         (Path(out_dir) / "pr_curves.json").write_text(json.dumps(pr))
@@ -57,5 +75,6 @@ class NativeExecutor:
 
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):
         from .inference import run_inference
-        return run_inference(spec_path, model_path, image_dir, results_dir, threshold=threshold,
-                             device=self._device())
+        with self._lease("inference") as placement:
+            return run_inference(spec_path, model_path, image_dir, results_dir, threshold=threshold,
+                                 device=self._device(placement))

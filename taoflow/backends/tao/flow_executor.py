@@ -10,9 +10,15 @@ TFRecords exactly as `tao ssd dataset_convert` does (taoflow.datasets.tfrecords)
 What TAO writes differs from the native backend in file names only: checkpoints are `.tlt` (TAO 3/4, encrypted with
 the model key) or `.hdf5` (TAO 5), a pruned model gets TAO's suffix, and TAO 3/4 export an encrypted `.etlt`.
 Callers find the files through the returned paths, never by assuming `.pth`/`.onnx`.
+
+GPU placement (taoflow.gpus): every launcher call leases `gpus` of the worker's GPUs for its duration and passes
+them as TAO's `--gpu_index` (physical ids, which the launcher hands to docker), and train also gets `--gpus`.
 """
 
+import dataclasses
 from pathlib import Path
+
+from ... import gpus as G
 
 from ...errors import TaoflowError
 from .executor import TaoConfig, TaoExecutor
@@ -40,12 +46,24 @@ def config_from(key_block=None, **overrides):
 class TaoFlowExecutor:
     name = "tao"
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, gpus=1, share_gpus=False):
         self.config = config or TaoConfig()
         self._generation = None
+        self.gpus = gpus  # how many of the worker's GPUs a launcher call leases (0: let TAO choose)
+        self.share_gpus = share_gpus
 
     def _executor(self, where):
         return TaoExecutor(Path(where), self.config)
+
+    def _run(self, where, request):
+        """Run one launcher call on GPUs leased for it (see the module's docstring)."""
+        with G.lease(self.gpus, self.share_gpus, what=f"tao {request.task}") as placement:
+            if placement:
+                changes = {"gpu_index": tuple(placement.ids)}
+                if hasattr(request, "gpus"):
+                    changes["gpus"] = len(placement.ids)
+                request = dataclasses.replace(request, **changes)
+            return self._executor(where).run(request)
 
     def generation(self, where):
         if self._generation is None:
@@ -60,11 +78,11 @@ class TaoFlowExecutor:
         request = TrainRequest(spec=Path(spec_path), results_dir=results_dir,
                                resume_model=Path(resume_model) if resume_model else None,
                                initial_epoch=initial_epoch if resume_model and initial_epoch > 1 else None)
-        return self._executor(results_dir).run(request)
+        return self._run(results_dir, request)
 
     def evaluate(self, spec_path, model_path, out_dir):
         """{"AP_<class>": ..., "mAP": ...} parsed from TAO's printed table (no PR curves: TAO does not write them)."""
-        result = self._executor(out_dir).run(EvaluateRequest(model=Path(model_path), spec=Path(spec_path),
+        result = self._run(out_dir, EvaluateRequest(model=Path(model_path), spec=Path(spec_path),
                                                              results_dir=Path(out_dir)))
         if result.map is None:
             raise TaoflowError(f"TAO's evaluate printed no mAP (log: {result.log})")
@@ -74,7 +92,7 @@ class TaoFlowExecutor:
         """Prune into `output`'s directory; TAO names the file (`.hdf5` on TAO 5, `.tlt` on TAO 3/4)."""
         output = Path(output)
         suffix = ".hdf5" if self.generation(output.parent) == TAO5 else ".tlt"
-        result = self._executor(output.parent).run(PruneRequest(
+        result = self._run(output.parent, PruneRequest(
             model=Path(model_path), output=output.with_suffix(suffix), results_dir=output.parent,
             equalization_criterion=criterion, pruning_threshold=threshold))
         if result.output is None:
@@ -86,7 +104,7 @@ class TaoFlowExecutor:
         output = Path(output)
         if self.generation(output.parent) != TAO5:
             output = output.with_suffix(".etlt")
-        result = self._executor(output.parent).run(ExportRequest(
+        result = self._run(output.parent, ExportRequest(
             model=Path(model_path), output=output, spec=Path(spec_path), results_dir=output.parent,
             gen_ds_config=True, data_type=precision))
         written = {"onnx" if Path(result.model_file).suffix == ".onnx" else "etlt": str(result.model_file)}
@@ -100,6 +118,6 @@ class TaoFlowExecutor:
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
-        return self._executor(results_dir).run(InferenceRequest(
+        return self._run(results_dir, InferenceRequest(
             model=Path(model_path), spec=Path(spec_path), image_dir=Path(image_dir), results_dir=results_dir,
             threshold=threshold))
