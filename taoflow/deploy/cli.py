@@ -208,3 +208,45 @@ def run_doctor(args):
     for line in lines:
         print(line)
     return code
+
+
+# --- device detect ---------------------------------------------------------------------------------------------
+
+def add_detect_arguments(parser):
+    parser.add_argument("target", metavar="HOST_OR_DEVICE", help="a device name or host of the inventory")
+    _inventory_argument(parser)
+    parser.add_argument("--model", required=True, help="model name (its `current` version runs)")
+    parser.add_argument("--version", help="an installed version instead of `current`")
+    parser.add_argument("--source", required=True, help="on the device: a video file, an image folder, /dev/videoN, "
+                                                        "a GStreamer pipeline (CSI camera) or an rtsp:// URL")
+    parser.add_argument("--video-out", help="annotated video on the device (.avi or .mp4)")
+    parser.add_argument("--jsonl", help="one JSON line per frame, on the device")
+    parser.add_argument("--kitti-dir", help="KITTI label files per frame, on the device")
+    parser.add_argument("--max-frames", type=int)
+    parser.add_argument("--seconds", type=float, help="stop after this long (cameras and streams run until then)")
+    parser.add_argument("--threshold", type=float, default=0.3, help="minimum confidence kept (default 0.3)")
+    parser.add_argument("--json", action="store_true", help="print the agent's result as JSON")
+    parser.epilog = ("Cameras and streams never end by themselves: give --seconds or --max-frames (the inventory's "
+                     "command_timeout is the hard limit).")
+
+
+def run_detect(args):
+    from . import load_inventory
+    from .fleet import detect
+
+    fleet = load_inventory(args.inventory)
+    device = find_device(fleet, args.target)
+    result = detect(device, args.model, args.source, version=args.version, video_out=args.video_out,
+                    jsonl=args.jsonl, kitti_dir=args.kitti_dir, max_frames=args.max_frames, seconds=args.seconds,
+                    threshold=args.threshold)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    ms = result["ms_per_frame"]
+    print(f"{device.name} {args.model} {result['version']} ({result.get('runtime')}): {result['frames']} frames at "
+          f"{result['fps']} FPS; per frame {ms['pre']} ms pre-processing, {ms['infer']} ms inference, "
+          f"{ms['post']} ms post-processing ({ms['total']} ms in all)")
+    for kind, path in sorted((result.get("outputs") or {}).items()):
+        if path:
+            print(f"  {kind}: {device.name}:{path}")
+    return 0

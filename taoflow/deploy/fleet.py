@@ -363,6 +363,25 @@ async def astatus(device, name=None, retries=4):
         return (await with_retries(s, lambda: call(s, "status", *args), retries))["models"]
 
 
+async def adetect(device, name, source, *, version=None, video_out=None, jsonl=None, kitti_dir=None,
+                  max_frames=None, seconds=None, threshold=0.3, timeout=None):
+    """Run the device's installed model (`current` unless `version`) on `source` there (agent `detect`): a video
+    file, image folder, /dev/videoN, GStreamer pipeline or rtsp:// URL; output paths are on the device. Returns
+    the agent's result: frames, FPS and milliseconds per frame for pre-processing, inference and post-processing."""
+    args = ["--name", name, "--source", source, "--threshold", str(threshold)]
+    for flag, value in (("--version", version), ("--video-out", video_out), ("--jsonl", jsonl),
+                        ("--kitti-dir", kitti_dir), ("--max-frames", max_frames), ("--seconds", seconds)):
+        if value is not None:
+            args += [flag, str(value)]
+    async with Session(device) as s:
+        await with_retries(s, lambda: ship_agent(s))
+        return await call(s, "detect", *args, timeout=timeout or device.command_timeout)
+
+
+def detect(device, name, source, **kwargs):
+    return run_sync(adetect(device, name, source, **kwargs))
+
+
 async def afleet_status(devices, name=None, concurrency=8):
     return await for_each(devices, lambda d: astatus(d, name), concurrency)
 

@@ -208,6 +208,10 @@ RESULTS = {
     "revert": STATE.extend({"reverted": Bool, "reverted_from": Opt(Name)}, required=("reverted",)),
     "rollback": STATE.extend({"rolled_back_from": Opt(Name)}),
     "discard": Obj({"discarded": Bool}),
+    "detect": Obj({"version": Name, "frames": Num(integer=True), "fps": Opt(Num()), "runtime": Opt(Str),
+                   "ms_per_frame": Obj({"pre": Num(), "infer": Num(), "post": Num(), "total": Num()},
+                                       required=("pre", "infer", "post", "total")),
+                   "outputs": Opt(Map(Opt(Str)))}, required=("version", "frames", "ms_per_frame")),
 }
 ENVELOPE = Obj({"ok": Bool, "protocol": Num(integer=True), "cpu_s": Opt(Num()), "error": Opt(Str),
                 "details": Opt(Any), "traceback": Opt(Str)}, required=("ok", "protocol"))

@@ -177,7 +177,15 @@ class OnnxRuntimeModel(object):
         self.nms = meta["nms"]
 
     def infer(self, batch):
-        boxes, scores = self.session.run(self.outputs, {self.input_name: batch})
+        return self.postprocess(self.run_raw(batch))
+
+    def run_raw(self, batch):
+        """The graph alone: decoded boxes and scores (`detect` times it apart from the NMS)."""
+        return self.session.run(self.outputs, {self.input_name: batch})
+
+    def postprocess(self, raw):
+        """NMS on the host CPU into TAO's NMS-plugin layout."""
+        boxes, scores = raw
         return decoded_to_nms(boxes, scores, self.nms)
 
     def close(self):

@@ -11,6 +11,7 @@
   revert   --name N --version V           undo V's activation if V is current (aborted rollout)
            [--fence T]                    ... after fencing rollout T: no later activation of T switches
   status   [--name N]                     installed versions, passports and current
+  detect   --name N --source S [...]      run the current model on a video, images, a camera or a stream
   discard  --name N --version V           remove a staged version that will not be activated
 
 Every command prints exactly one JSON object on stdout: {"ok": true, "result": ...} or {"ok": false, "error":
@@ -62,6 +63,10 @@ def run(args):
                                  args.timeout, args.lock_wait)
     if args.command == "smoke":
         return _smoke(args)
+    if args.command == "detect":
+        import agent_detect
+        return agent_detect.detect(args.root, args.name, args.source, args.version, args.video_out, args.jsonl,
+                                   args.kitti_dir, args.max_frames, args.seconds, args.threshold, args.runtime)
     import agent_store
     if args.command == "activate":
         return agent_store.activate(args.root, args.name, args.version, args.keep, args.wave, args.rollout)
@@ -135,6 +140,18 @@ def build_parser():
     p = sub.add_parser("rollback")
     p.add_argument("--name", required=True)
     p.add_argument("--to", default=None, help="version to switch to (default: the previous one)")
+    p = sub.add_parser("detect")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default=None, help="an installed version (default: current)")
+    p.add_argument("--source", required=True,
+                   help="video file, image folder, /dev/videoN, a GStreamer pipeline (CSI camera) or rtsp:// URL")
+    p.add_argument("--video-out", default=None, help="annotated video (.avi MJPG or .mp4)")
+    p.add_argument("--jsonl", default=None, help="one JSON line per frame")
+    p.add_argument("--kitti-dir", default=None, help="KITTI label files per frame")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (cameras, streams)")
+    p.add_argument("--threshold", type=float, default=0.3, help="minimum confidence kept")
+    p.add_argument("--runtime", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
     p = sub.add_parser("status")
     p.add_argument("--name", default=None)
     return parser
