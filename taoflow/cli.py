@@ -35,6 +35,8 @@ COMMANDS = {
     ("fleet", "rollback"): ("taoflow.deploy.cli", "switch a device back to its previous (or a given) version",
                             "rollback"),
     ("device", "doctor"): ("taoflow.deploy.cli", "what a device has and lacks for deploys, with advice", "doctor"),
+    ("device", "detect"): ("taoflow.deploy.cli", "run a device's model on a video, images, a camera or a stream",
+                           "detect"),
     ("tao", "preflight"): ("taoflow.backends.tao.cli", "check that TAO can run through the launcher"),
     ("etlt",): ("taoflow.etlt.cli", "decode | encode | info: look inside .etlt models with NVIDIA's codec"),
 }
