@@ -33,7 +33,7 @@ def tao_deploy_decode(python, path, key):
     return data[4:4 + size].decode(), data[4 + size:]
 
 
-def test_header_is_tao_deploys_and_the_round_trip_is_exact(codec_python, tmp_path):
+def test_header_is_tao_deploys_and_the_round_trip_is_exact(codec_python, tmp_path):  # noqa: F811
     model = tiny_onnx(tmp_path / "m.onnx")
     out = etlt.encode_file(model, tmp_path / "m.etlt", KEY)
     raw = out.read_bytes()
@@ -48,7 +48,7 @@ def test_header_is_tao_deploys_and_the_round_trip_is_exact(codec_python, tmp_pat
     assert again != raw and etlt.decode_bytes(tmp_path / "m2.etlt", KEY).data == model.read_bytes()
 
 
-def test_uff_payload_header_names_the_input_node(codec_python, tmp_path):
+def test_uff_payload_header_names_the_input_node(codec_python, tmp_path):  # noqa: F811
     uff = tmp_path / "m.uff"
     uff.write_bytes(b"\x0a\x05Input\x12\x03abc" * 20)  # protobuf-shaped bytes standing in for a UFF graph
     out = etlt.encode_file(uff, tmp_path / "m.etlt", KEY, input_name="Input")
@@ -59,7 +59,8 @@ def test_uff_payload_header_names_the_input_node(codec_python, tmp_path):
     assert (decoded.payload, decoded.input_name, decoded.data) == ("uff", "Input", uff.read_bytes())
 
 
-def test_wrong_key_is_a_clear_error_not_garbage(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_wrong_key_is_a_clear_error_not_garbage(tmp_path):
     out = etlt.encode_file(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.etlt", KEY)
     with pytest.raises(etlt.WrongKeyError, match="wrong key") as e:
         etlt.decode_file(out, tmp_path / "x.onnx", "not-the-key")
@@ -98,7 +99,8 @@ def test_no_codec_python_says_what_to_install(tmp_path, monkeypatch):
     etlt._resolve.cache_clear()
 
 
-def test_cli_decode_encode_info_and_exit_codes(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_cli_decode_encode_info_and_exit_codes(tmp_path):
     model = tiny_onnx(tmp_path / "m.onnx")
     env = {"TAO_MODEL_KEY": KEY}
     code, out, err = taoflow("etlt", "encode", model, "-o", tmp_path / "m.etlt", env=env)
@@ -130,7 +132,8 @@ def test_cli_decode_encode_info_and_exit_codes(codec_python, tmp_path):
     assert code == 1 and "no such file" in err and "Traceback" not in err
 
 
-def test_the_key_reaches_the_codec_on_stdin_only(codec_python, tmp_path, monkeypatch, caplog):
+@pytest.mark.usefixtures("codec_python")
+def test_the_key_reaches_the_codec_on_stdin_only(tmp_path, monkeypatch, caplog):
     seen = []
     real_run = subprocess.run
 
@@ -165,7 +168,8 @@ def _untrained_checkpoint(root):
     return spec_path, root / "model.pth"
 
 
-def test_native_export_etlt_round_trip_and_no_key_in_artifacts(codec_python, tmp_path, capsys):
+@pytest.mark.usefixtures("codec_python")
+def test_native_export_etlt_round_trip_and_no_key_in_artifacts(tmp_path, capsys):
     from tests.backends.native.conftest import cli
 
     spec, ckpt = _untrained_checkpoint(tmp_path)
@@ -196,7 +200,8 @@ def test_native_export_etlt_round_trip_and_no_key_in_artifacts(codec_python, tmp
     assert code == 2 and "add --etlt" in text
 
 
-def test_flow_executor_keeps_the_plain_onnx_for_the_parity_gate(codec_python, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("codec_python")
+def test_flow_executor_keeps_the_plain_onnx_for_the_parity_gate(tmp_path, monkeypatch):
     from taoflow.backends.native.executor import NativeExecutor
 
     spec, ckpt = _untrained_checkpoint(tmp_path)
@@ -206,4 +211,5 @@ def test_flow_executor_keeps_the_plain_onnx_for_the_parity_gate(codec_python, tm
         "etlt": "model.etlt", "onnx": "model.onnx", "model_json": "model.json"}
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["model_file"] == "model.etlt"
-    assert etlt.decode_bytes(tmp_path / "out" / "model.etlt", KEY).data == (tmp_path / "out" / "model.onnx").read_bytes()
+    plain = (tmp_path / "out" / "model.onnx").read_bytes()
+    assert etlt.decode_bytes(tmp_path / "out" / "model.etlt", KEY).data == plain

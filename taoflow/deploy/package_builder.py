@@ -132,7 +132,7 @@ class HostModel:
 
     def detect(self, images, floor):
         """[(name, BGR image)] -> {name: detections with confidence >= floor, in original-image pixels}."""
-        inp, out = self.meta["input"], self.meta["output"]
+        inp = self.meta["input"]
         found = {}
         for start in range(0, len(images), self.batch):
             chunk = images[start:start + self.batch]
@@ -387,7 +387,8 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     host_graph = decoded.data if tao and decoded is not None and decoded.payload == "onnx" else None
     if tao and host_graph is None and reference_labels is None:
         why = {None: "", "uff": " (a UFF payload: TAO 3/4)"}.get(decoded and decoded.payload, "")
-        hint = "" if decoded is not None or not is_etlt else "; or the .etlt's key (ONNX payload), to run it on the host"
+        hint = "" if decoded is not None or not is_etlt else \
+            "; or the .etlt's key (ONNX payload), to run it on the host"
         raise DeployError(f"{model_path} is TAO's export{why}, which only TensorRT runs: give the labels TAO's "
                           f"`ssd inference` wrote for the sample images (reference_labels){hint}")
     if tao and host_graph is None and score_threshold < reference_threshold + RECORD_MARGIN:
@@ -427,8 +428,8 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     shipped = meta["model_file"]
     if ship_onnx:
         shipped = str(Path(meta["model_file"]).with_suffix(".onnx"))
-        meta = dict(meta, model_file=shipped, etlt=dict(meta["etlt"], decoded_on_host=True,
-                                                         etlt_file=model_path.name, etlt_sha256=sha256_file(model_path)))
+        meta = dict(meta, model_file=shipped, etlt=dict(meta["etlt"], decoded_on_host=True, etlt_file=model_path.name,
+                                                         etlt_sha256=sha256_file(model_path)))
     chosen = pick_samples(detections, count, score_threshold)
     if not any(d["confidence"] > score_threshold for n in chosen for d in detections[n]):
         log.warning("no sample image has a host detection above %s: the smoke test will only prove that the "

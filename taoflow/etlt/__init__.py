@@ -30,7 +30,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -102,7 +102,8 @@ def expected_for(value, width=320, height=240):
     return sorted(found, key=lambda d: -d[0])
 
 
-def test_tao_etlt_is_packaged_with_host_computed_expectations(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_tao_etlt_is_packaged_with_host_computed_expectations(tmp_path):
     export, plain = tao_etlt_export(tmp_path)
     folder = images(tmp_path, {"bright": 220, "mid": 150, "dark": 20})
     package = build_package(export, tmp_path / "pkg", folder, etlt_key=KEY)
@@ -126,7 +127,8 @@ def test_tao_etlt_is_packaged_with_host_computed_expectations(codec_python, tmp_
         assert path.is_dir() or KEY.encode() not in path.read_bytes(), path
 
 
-def test_preflight_names_the_plugin_inside_the_etlt(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_preflight_names_the_plugin_inside_the_etlt(tmp_path):
     export, _ = tao_etlt_export(tmp_path)
     package = build_package(export, tmp_path / "pkg", images(tmp_path, {"a": 220, "b": 20}), etlt_key=KEY)
     # JetPack's stock plugin library: NMS_TRT, no NMSDynamic_TRT
@@ -147,7 +149,8 @@ def test_preflight_names_the_plugin_inside_the_etlt(codec_python, tmp_path):
         "a .etlt needs its model key: pass the key the model was exported with"]
 
 
-def test_tao_etlt_wrong_key_and_no_key(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_tao_etlt_wrong_key_and_no_key(tmp_path):
     export, _ = tao_etlt_export(tmp_path)
     folder, labels = inference_output(tmp_path / "inf", {"a": [kitti("lpd", (10, 20, 60, 40), 0.9)], "b": []})
     with pytest.raises(DeployError, match="wrong key") as e:
@@ -175,7 +178,8 @@ def _native_etlt_export(root):
     return root / "enc", root / "plain"
 
 
-def test_native_etlt_for_tensorrt_and_for_onnxruntime_devices(codec_python, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("codec_python")
+def test_native_etlt_for_tensorrt_and_for_onnxruntime_devices(tmp_path, monkeypatch):
     export, plain = _native_etlt_export(tmp_path)
     folder = images(tmp_path, {"a": 220, "b": 90, "c": 20})
     with pytest.raises(DeployError, match="is encrypted: give its key"):
@@ -198,7 +202,8 @@ def test_native_etlt_for_tensorrt_and_for_onnxruntime_devices(codec_python, tmp_
     assert strip(ort) == strip(reference)
 
 
-def test_agent_builds_a_native_etlt_with_tao_converter(codec_python, tmp_path):
+@pytest.mark.usefixtures("codec_python")
+def test_agent_builds_a_native_etlt_with_tao_converter(tmp_path):
     """The TensorRT path's command for a .etlt package, as tools/device/agent_build.py builds it (pinned)."""
     import agent_build
     import agent_package

@@ -13,7 +13,8 @@ from .conftest import all_file_bytes, write_specs
 pytestmark = pytest.mark.slow
 
 
-def test_etlt_export_deploys_to_a_simulated_nano(codec_python, tmp_path, prefect_home, raw_crpd, monkeypatch):
+@pytest.mark.usefixtures("codec_python")
+def test_etlt_export_deploys_to_a_simulated_nano(tmp_path, prefect_home, raw_crpd, monkeypatch):
     from flows.train_ssd import train_ssd
     from taoflow.deploy.simulator import SimulatedNano
     from taoflow.etlt import decode_bytes
