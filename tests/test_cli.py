@@ -53,6 +53,7 @@ BAD = {
     ("device", "detect"): (["nano-01", "-i", "{in}/bad.toml", "--model", "lpd", "--source", "x.avi"],
                            "bad.toml:2: not UTF-8"),
     ("tao", "preflight"): (["--launcher", "{in}/missing/tao"], "TAO launcher not found"),
+    ("etlt",): (["info", "{in}/afile"], "afile: not a .etlt"),
 }
 
 
