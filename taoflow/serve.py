@@ -3,6 +3,7 @@
 Without PREFECT_API_URL it first starts a local Prefect server on 127.0.0.1 (its database under the workspace) and
 prints the URL to export in other shells. Deployments served here never sit "Late": this process is their runner.
 For a shared server with GPU workers use `prefect deploy` with prefect.yaml and a process work pool (README).
+Both offer the same deployments: the table is prefect.yaml (taoflow.deployments), its workspace moved to `-w`.
 """
 
 import os
@@ -19,14 +20,22 @@ from .errors import TaoflowError
 
 REPO = Path(__file__).resolve().parent.parent
 
-# deployment name -> parameters (the flow's defaults fill the rest)
-DEPLOYMENTS = {
-    "crpd": {"dataset_kind": "crpd", "spec_set": "crpd", "dataset_path": "workspace/raw/crpd"},
-    "kitti": {"dataset_kind": "kitti", "spec_set": "kitti", "dataset_path": "workspace/raw/kitti"},
-    # KITTI plus a road-sign dataset: give it per run, e.g. --param 'extra_datasets=[{"path": ..., "class_map": ...}]'
-    "traffic": {"dataset_kind": "kitti", "spec_set": "traffic", "dataset_path": "workspace/raw/kitti"},
-    "demo": {"dataset_kind": "crpd", "spec_set": "demo_cpu", "dataset_path": "workspace/raw/crpd_demo"},
-}
+ALWAYS = ("fleet",)  # served even when --deployment picks others: redeploying needs no retraining
+
+
+def build_deployments(workspace="workspace", names=None):
+    """The deployments `taoflow serve` offers: prefect.yaml's (taoflow.deployments.table), on `workspace`."""
+    from . import deployments as D
+    sys.path.insert(0, str(REPO))
+    table = D.table(workspace)
+    chosen = list(names) if names else list(table)
+    unknown = set(chosen) - set(table)
+    if unknown:
+        raise TaoflowError(f"unknown deployment(s) {', '.join(sorted(unknown))}; choose from {', '.join(table)}")
+    chosen += [n for n in ALWAYS if n in table and n not in chosen]
+    return [D.load_flow(table[n]["entrypoint"]).to_deployment(
+        name=n, parameters=table[n]["parameters"], tags=table[n]["tags"], description=table[n]["description"])
+        for n in chosen]
 
 
 def free_port():
@@ -84,23 +93,7 @@ def serve(workspace="workspace", names=None, port=None):
     sys.path.insert(0, str(REPO))
     import asyncio
 
-    from flows.deploy_ssd import deploy_ssd
-    from flows.train_ssd import train_ssd
-    chosen = names or list(DEPLOYMENTS)
-    unknown = set(chosen) - set(DEPLOYMENTS)
-    if unknown:
-        raise TaoflowError(f"unknown deployment(s) {', '.join(sorted(unknown))}; choose from {', '.join(DEPLOYMENTS)}")
-    ws = str(Path(workspace).resolve())
-    deployments = []
-    for name in chosen:
-        params = dict(DEPLOYMENTS[name], workspace=ws)
-        # default datasets live in the workspace: workspace/raw/<name>
-        params["dataset_path"] = str(Path(ws) / Path(params["dataset_path"]).relative_to("workspace"))
-        deployments.append(train_ssd.to_deployment(name=name, parameters=params, tags=["taoflow"]))
-    # redeploying an existing export (or rolling a fleet forward after a failed rollout) needs no retraining;
-    # export_dir, inventory and sample_images are given per run
-    deployments.append(deploy_ssd.to_deployment(name="fleet", parameters={"workspace": ws}, tags=["taoflow"]))
-
+    deployments = build_deployments(workspace, names)
     runner = _runner(api)
     for deployment in deployments:
         runner.add_deployment(deployment)
@@ -110,7 +103,7 @@ def serve(workspace="workspace", names=None, port=None):
                          daemon=True).start()
     previous_sigint = signal.signal(signal.SIGINT, runner.handle_sigint)
     try:
-        print("serving " + ", ".join(f"train-ssd/{n}" for n in chosen) + ", deploy-ssd/fleet; run one with "
+        print("serving " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments) + "; run one with "
               "`prefect deployment run 'train-ssd/demo' --watch`; stop with Ctrl-C", flush=True)
         asyncio.run(runner.start())
     except (KeyboardInterrupt, SystemExit):
