@@ -27,12 +27,17 @@ def _executor(backend, cfg=None, export_format="onnx"):
             from taoflow.backends.tao.flow_executor import config_from
             from taoflow.backends.tao.masking import resolve_key
             key_source = config_from((cfg or {}).get("tao_key_block")).key
-            return NativeExecutor(export_format="etlt", etlt_key=lambda: resolve_key(key_source))
-        return NativeExecutor()
+            return NativeExecutor(export_format="etlt", etlt_key=lambda: resolve_key(key_source), **_placement(cfg))
+        return NativeExecutor(**_placement(cfg))
     if backend == "tao":
         from taoflow.backends.tao.flow_executor import TaoFlowExecutor, config_from
-        return TaoFlowExecutor(config_from((cfg or {}).get("tao_key_block")))
+        return TaoFlowExecutor(config_from((cfg or {}).get("tao_key_block")), **_placement(cfg))
     raise ValueError(f"unknown backend {backend!r}: choose native or tao")
+
+
+def _placement(cfg):
+    """GPU placement of the run's GPU steps (taoflow.gpus): how many of the worker's GPUs each leases."""
+    return {"gpus": (cfg or {}).get("gpus", 1), "share_gpus": (cfg or {}).get("share_gpus", False)}
 
 
 def _cfg(d):
@@ -193,6 +198,8 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               deploy_tags: Optional[list[str]] = None,
               model_name: str = "ssd",
               tao_key_block: Optional[str] = None,
+              gpus: int = 1,
+              share_gpus: bool = False,
               clearml: bool = True) -> dict:
     logger = get_run_logger()
     if export_format == "etlt" and backend != "native":
@@ -202,7 +209,8 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                       spec_set=spec_set, val_split=val_split, prune_threshold=prune_threshold,
                       prune_criterion=prune_criterion, export_precision=export_precision,
                       tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec,
-                      tao_key_block=tao_key_block, extra_datasets=extra_datasets).__dict__
+                      tao_key_block=tao_key_block, extra_datasets=extra_datasets, gpus=gpus,
+                      share_gpus=share_gpus).__dict__
     tracker = None
     try:
         stages = {}
@@ -223,7 +231,7 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
         stages["retrain"] = _v(retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend))
         stages["evaluate_retrained"] = _v(evaluate(cfg, stages["retrain"], backend, "evaluate_retrained"))
         stages["export"] = _v(export(cfg, stages["retrain"], backend, export_format))
-        passport = P.passport([_res(s) for s in stages.values()])
+        passport = P.passport([_res(s) for s in stages.values()], names=list(stages))
         passport["metrics"] = {k: v for k, v in stages["evaluate_retrained"]["meta"]["metrics"].items()
                                if k == "mAP" or k.startswith("AP_")}
         rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance, class_counts))

@@ -81,6 +81,8 @@ class RunConfig:
     train_spec: str = None
     retrain_spec: str = None
     tao_key_block: str = None  # backend "tao": Prefect Secret block holding the model key (else $TAO_MODEL_KEY)
+    gpus: int = 1  # GPUs each GPU step leases among the worker's (taoflow.gpus); 0: CPU
+    share_gpus: bool = False  # True: use them even while another run of this machine holds them
     extra_datasets: list = None  # [{kind, path, class_map, name}]: merged with the main dataset before the split
 
     def spec_paths(self):
@@ -524,8 +526,10 @@ def stage_export(store, cfg, trained, executor):
     return run_stage(store, "export", material, produce)
 
 
-def passport(stages):
-    """The chain of stage keys from raw data to the exported model, and its own digest."""
-    chain = {s.stage: {"key": s.key, "cached": s.cached} for s in stages}
+def passport(stages, names=None):
+    """The chain of stage keys from raw data to the exported model, and its own digest. names: one per stage when
+    a stage runs more than once (each dataset's convert), else the stages' own names."""
+    names = names or [s.stage for s in stages]
+    chain = {name: {"key": s.key, "cached": s.cached} for name, s in zip(names, stages)}
     return {"format": "taoflow-passport/1", "stages": {k: v["key"] for k, v in chain.items()},
             "id": digest({k: v["key"] for k, v in chain.items()})[:16]}
