@@ -33,6 +33,18 @@ def add_status_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print the full status, passports included, as JSON")
 
 
+def _live(service):
+    """The detector service's heartbeat in a table cell: its version and live FPS, or why it is not live."""
+    if not service:
+        return "-"
+    if service.get("status") == "stopped":
+        return "stopped"
+    age = service.get("age_s")
+    stale = age is not None and age > 10
+    text = f"{service.get('version')} {service.get('fps') or 0:.1f} FPS" + (f" (silent {age:.0f} s)" if stale else "")
+    return text + (f", {service['dropped']} dropped" if service.get("dropped") else "")
+
+
 def status_rows(status):
     """fleet_status() result -> table rows: one per device and model; unreachable devices get one error row."""
     from .report import passport_id
@@ -55,7 +67,7 @@ def status_rows(status):
                 "passport": passport_id(passport) or "-",
                 "fps": (current or {}).get("fps") or "-",
                 "activated": time.strftime("%Y-%m-%d %H:%M", time.localtime(activated)) if activated else "-",
-                "versions": len(state["versions"]),
+                "versions": len(state["versions"]), "live": _live(state.get("service")),
                 "error": "" if state["current"] else "no current version"})
     return rows
 
@@ -72,7 +84,7 @@ def run_status(args):
                          indent=2, sort_keys=True))
     else:
         print(_table(status_rows(status), ("device", "model", "current", "passport", "fps", "activated", "versions",
-                                           "error")))
+                                           "live", "error")))
     if failed:
         print(f"{failed} of {len(status)} devices unreachable", file=sys.stderr)
     return 1 if failed else 0

@@ -364,15 +364,18 @@ async def astatus(device, name=None, retries=4):
 
 
 async def adetect(device, name, source, *, version=None, video_out=None, jsonl=None, kitti_dir=None,
-                  max_frames=None, seconds=None, threshold=0.3, timeout=None):
+                  max_frames=None, seconds=None, threshold=0.3, timeout=None, serve=False, loop=False):
     """Run the device's installed model (`current` unless `version`) on `source` there (agent `detect`): a video
     file, image folder, /dev/videoN, GStreamer pipeline or rtsp:// URL; output paths are on the device. Returns
-    the agent's result: frames, FPS and milliseconds per frame for pre-processing, inference and post-processing."""
+    the agent's result: frames, FPS and milliseconds per frame for pre-processing, inference and post-processing.
+    `serve`: run as the detector service (follows `current` with hot swaps, heartbeat) until stopped or `seconds`
+    (`loop` restarts a video file at its end)."""
     args = ["--name", name, "--source", source, "--threshold", str(threshold)]
     for flag, value in (("--version", version), ("--video-out", video_out), ("--jsonl", jsonl),
                         ("--kitti-dir", kitti_dir), ("--max-frames", max_frames), ("--seconds", seconds)):
         if value is not None:
             args += [flag, str(value)]
+    args += (["--serve"] if serve else []) + (["--loop"] if loop else [])
     async with Session(device) as s:
         await with_retries(s, lambda: ship_agent(s))
         return await call(s, "detect", *args, timeout=timeout or device.command_timeout)

@@ -176,7 +176,12 @@ PASSPORT = Obj({"version": Opt(Name), "name": Opt(Name), "activated_at": Opt(Num
 MODEL_STATE = Obj({"current": Opt(Name),
                    "versions": List(Obj({"version": Name, "passport": Opt(PASSPORT), "smoke_passed": Opt(Bool),
                                          "fps": Opt(Num())}, required=("version",))),
-                   "history": List(Name)}, required=("current", "versions"))
+                   "history": List(Name),
+                   "service": Opt(Obj({"version": Opt(Name), "status": Opt(Str), "fps": Opt(Num()),
+                                       "frames": Opt(Num(integer=True)), "dropped": Opt(Num(integer=True)),
+                                       "swaps": Opt(Num(integer=True)), "last_error": Opt(Str),
+                                       "pid": Opt(Num(integer=True)), "time": Opt(Num()),
+                                       "age_s": Opt(Num(minimum=None))}))}, required=("current", "versions"))
 STATE = Obj({"root": Opt(Str), "models": Map(MODEL_STATE, key=Name)}, required=("models",))
 DETECTION = Obj({"label": Str, "box": List(Num(minimum=None), length=4), "confidence": Num()},
                 required=("label", "box", "confidence"))

@@ -32,7 +32,7 @@ def test_fleet_status_and_rollback(deployed, capsys):
     sims, path, v1, v2 = deployed
     assert main(["fleet", "status", "-i", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["DEVICE", "MODEL", "CURRENT", "PASSPORT", "FPS", "ACTIVATED", "VERSIONS", "ERROR"]
+    assert out[0].split() == ["DEVICE", "MODEL", "CURRENT", "PASSPORT", "FPS", "ACTIVATED", "VERSIONS", "LIVE", "ERROR"]
     assert [line.split()[:3] for line in out[1:]] == [["nano-00", "lpd", v2.version], ["nano-01", "lpd", v2.version]]
 
     assert main(["fleet", "rollback", "-i", str(path), "--device", "nano-01"]) == 0

@@ -3,6 +3,8 @@ Python 3.6 where it exists): an annotated video OpenCV reads back, one JSON line
 host computes on the same frames, KITTI labels per frame and the time split per frame."""
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -97,3 +99,63 @@ def test_detect_errors_are_one_line_with_exit_2(sim_fleet, device_python, selfte
                  str(Path(sims.devices[0].root) / "missing.avi")])
     err = capsys.readouterr().err
     assert code in (1, 2) and "no such video file" in err and "Traceback" not in err
+
+
+def test_the_service_hot_swaps_to_a_new_current_and_keeps_serving_when_one_fails_to_load(
+        sim_fleet, device_python, package_copy, tmp_path):
+    import shutil
+    import threading
+    import time
+
+    from taoflow.deploy import fleet_status
+    from taoflow.deploy.fleet import detect
+    sims = sim_fleet(1)
+    inventory = sims.write_inventory(device_python, command_timeout=120)
+    device = load_inventory(inventory).devices[0]
+    root = sims.devices[0].root
+    v1, v2 = load_package(package_copy("one")), load_package(package_copy("two"))
+    deploy_to_device(device, v1, name="lpd")
+    write_video(root / "loop.avi", sorted((v1.path / "samples").glob("*.png")), repeat=1)
+    beat_file, jsonl = root / "detect" / "lpd.json", root / "live.jsonl"
+    outcome = {}
+    service = threading.Thread(target=lambda: outcome.update(result=detect(
+        device, "lpd", str(root / "loop.avi"), jsonl=str(jsonl), serve=True, loop=True, seconds=90,
+        threshold=0.2)), daemon=True)
+    service.start()
+
+    def wait_for(predicate, what, limit=60):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            beat = json.loads(beat_file.read_text()) if beat_file.is_file() else {}
+            if predicate(beat):
+                return beat
+            time.sleep(0.2)
+        pytest.fail(f"service: {what} never happened; last heartbeat {beat}")
+
+    first = wait_for(lambda b: b.get("version") == v1.version and b.get("frames", 0) > 10, "v1 serving")
+    deploy_to_device(device, v2, name="lpd")  # the rollout switches `current` under the running service
+    swapped = wait_for(lambda b: b.get("version") == v2.version, "swap to v2")
+    assert swapped["pid"] == first["pid"] and swapped["swaps"] == 1
+    status = fleet_status([device], "lpd")["nano-00"]["lpd"]
+    assert status["service"]["version"] == v2.version and status["service"]["pid"] == first["pid"]
+
+    # a version whose model does not load: the service keeps v2 and says why
+    broken = root / "models" / "lpd" / "broken"
+    shutil.copytree(root / "models" / "lpd" / v2.version, broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    (root / "models" / "lpd" / "current.tmp").symlink_to("broken")
+    (root / "models" / "lpd" / "current.tmp").replace(root / "models" / "lpd" / "current")
+    failed = wait_for(lambda b: "broken did not load" in (b.get("last_error") or ""), "refusal of broken")
+    assert failed["version"] == v2.version and failed["pid"] == first["pid"]
+    frames_before = failed["frames"]
+    wait_for(lambda b: b.get("frames", 0) > frames_before + 5, "v2 still serving")
+    os.kill(first["pid"], signal.SIGTERM)
+    service.join(60)
+    result = outcome["result"]
+    assert result["swaps"] == 1 and result["dropped"] == 0 and result["version"] == v2.version
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(len(lines)))  # no gap, no restart
+    versions = [line["version"] for line in lines]
+    switch = versions.index(v2.version)
+    assert set(versions[:switch]) == {v1.version} and set(versions[switch:]) == {v2.version}
+    assert json.loads(beat_file.read_text())["status"] == "stopped"

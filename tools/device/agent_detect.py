@@ -7,16 +7,24 @@ it), KITTI label files per frame (--kitti-dir: <frame index>.txt, the score in t
 the frame count, the FPS and the time per frame split into pre-processing (resize, normalise), inference and
 post-processing (NMS where the model does not end in the NMS plugin, parsing, drawing and writing outputs).
 The model runs as in `smoke` (agent_smoke.open_model: the TensorRT engine, else ONNX Runtime).
+
+`--serve` runs until stopped (SIGTERM/SIGINT), as the device's detector service: it follows `current`, and after a
+switch loads the new version beside the old one (ONNX Runtime in a thread; a TensorRT engine between two frames,
+since its CUDA context belongs to the serving thread), swaps at a frame boundary and closes the old one; a version
+that fails to load is not retried and the old one keeps serving. Every second it writes a heartbeat,
+<root>/detect/<name>.json (version, live FPS, frames, dropped frames, last error, pid), which `status` reports.
 """
 
 import json
 import os
+import signal
+import threading
 import time
 
 import cv2
 
 import agent_store
-from agent_common import AgentError
+from agent_common import AgentError, write_json_atomic
 from agent_infer import parse_nms, preprocess
 from agent_package import load_labels, load_model_json
 from agent_smoke import open_model
@@ -167,3 +175,123 @@ def detect(root, name, source, version=None, video_out=None, jsonl=None, kitti_d
             "ms_per_frame": {"pre": per(pre_s), "infer": per(infer_s), "post": per(post_s),
                              "total": per(wall)},
             "outputs": {"video": video_out, "jsonl": jsonl, "kitti_dir": kitti_dir}}
+
+
+def heartbeat_path(root, name):
+    return os.path.join(root, "detect", agent_store.check_name("model name", name) + ".json")
+
+
+class _Loaded(object):
+    def __init__(self, root, name, version, runtime):
+        package = os.path.join(root, "models", name, version)
+        self.version = version
+        self.meta = load_model_json(package)
+        self.labels = load_labels(package, self.meta["classes"])
+        self.model = open_model(package, self.meta, runtime)
+        self.run, self.post = _runner(self.model)
+
+
+def serve(root, name, source, jsonl=None, threshold=0.3, runtime="auto", loop=False, max_frames=None,
+          seconds=None, beat_every_s=1.0):
+    models = os.path.join(root, "models", agent_store.check_name("model name", name))
+    version = agent_store.current_version(models)
+    if version is None:
+        raise AgentError("no current version of {} on this device: deploy one first".format(name), models)
+    if jsonl:
+        _check_output(jsonl)
+    beat_file = heartbeat_path(root, name)
+    if not os.path.isdir(os.path.dirname(beat_file)):
+        os.makedirs(os.path.dirname(beat_file))
+    active = _Loaded(root, name, version, runtime)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    state = {"frames": 0, "dropped": 0, "last_error": None, "swaps": 0, "failed": set(), "loading": None}
+    lines = open(jsonl, "a") if jsonl else None
+    started = last_beat = time.monotonic()
+    window = [0, started]  # frames since, and start of, the current FPS window
+    fps = None
+
+    def beat(status="serving"):
+        write_json_atomic(beat_file, {
+            "name": name, "version": active.version, "status": status, "fps": fps, "frames": state["frames"],
+            "dropped": state["dropped"], "swaps": state["swaps"], "last_error": state["last_error"],
+            "pid": os.getpid(), "source": source, "time": time.time(), "started": time.time() - (
+                time.monotonic() - started)})
+
+    def load_in_background(version):
+        slot = {"version": version, "loaded": None, "error": None, "done": threading.Event()}
+
+        def work():
+            try:
+                slot["loaded"] = _Loaded(root, name, version, runtime)
+            except Exception as e:  # a version that fails to load must never stop the service
+                slot["error"] = "{}: {}".format(type(e).__name__, e)
+            slot["done"].set()
+        if active.model.name == "tensorrt":
+            work()  # the CUDA context belongs to this thread
+        else:
+            threading.Thread(target=work, daemon=True).start()
+        return slot
+
+    beat()
+    try:
+        while not stop.is_set():
+            frames, _, release = open_source(source)
+            try:
+                for index, image, position in frames:
+                    wanted = agent_store.current_version(models)
+                    slot = state["loading"]
+                    if slot is None and wanted not in (None, active.version) and wanted not in state["failed"]:
+                        state["loading"] = slot = load_in_background(wanted)
+                    if slot is not None and slot["done"].is_set():
+                        state["loading"] = None
+                        if slot["loaded"] is not None:
+                            old, active = active, slot["loaded"]
+                            old.model.close()
+                            state["swaps"] += 1
+                        else:
+                            state["failed"].add(slot["version"])
+                            state["last_error"] = "version {} did not load: {}".format(slot["version"],
+                                                                                       slot["error"])
+                    height, width = image.shape[:2]
+                    try:
+                        nms_out, keep = active.post(active.run(preprocess(image, active.meta["input"])))
+                        detections = [d for d in parse_nms(nms_out, keep, 0, active.labels, width, height)
+                                      if d["confidence"] >= threshold]
+                    except Exception as e:  # one bad frame is a dropped frame, not a dead service
+                        state["dropped"] += 1
+                        state["last_error"] = "frame {}: {}: {}".format(index, type(e).__name__, e)
+                        continue
+                    state["frames"] += 1
+                    window[0] += 1
+                    if lines is not None:
+                        lines.write(json.dumps({"frame": state["frames"] - 1, "source_frame": index,
+                                                "time": round(time.time(), 6), "source_ms": position,
+                                                "version": active.version, "detections": detections},
+                                               sort_keys=True) + "\n")
+                        lines.flush()
+                    now = time.monotonic()
+                    if now - last_beat >= beat_every_s:
+                        fps = round(window[0] / (now - window[1]), 2)
+                        window[:] = [0, now]
+                        beat()
+                        last_beat = now
+                    if stop.is_set() or (max_frames and state["frames"] >= max_frames) or \
+                            (seconds and now - started >= seconds):
+                        stop.set()
+                        break
+            finally:
+                release()
+            if not loop:
+                break
+    finally:
+        beat("stopped")
+        active.model.close()
+        if lines is not None:
+            lines.close()
+    return {"name": name, "version": active.version, "frames": state["frames"], "dropped": state["dropped"],
+            "swaps": state["swaps"], "last_error": state["last_error"], "fps": fps,
+            "ms_per_frame": {"pre": 0.0, "infer": 0.0, "post": 0.0,
+                             "total": round(1000.0 * (time.monotonic() - started) / max(1, state["frames"]), 3)},
+            "outputs": {"jsonl": jsonl, "heartbeat": beat_file}}

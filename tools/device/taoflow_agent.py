@@ -65,6 +65,9 @@ def run(args):
         return _smoke(args)
     if args.command == "detect":
         import agent_detect
+        if args.serve:
+            return agent_detect.serve(args.root, args.name, args.source, args.jsonl, args.threshold, args.runtime,
+                                      args.loop, args.max_frames, args.seconds)
         return agent_detect.detect(args.root, args.name, args.source, args.version, args.video_out, args.jsonl,
                                    args.kitti_dir, args.max_frames, args.seconds, args.threshold, args.runtime)
     import agent_store
@@ -152,6 +155,9 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (cameras, streams)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum confidence kept")
     p.add_argument("--runtime", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--serve", action="store_true",
+                   help="run as the detector service: follow `current` with hot swaps, write a heartbeat")
+    p.add_argument("--loop", action="store_true", help="with --serve: start a video file again at its end")
     p = sub.add_parser("status")
     p.add_argument("--name", default=None)
     return parser
