@@ -213,8 +213,14 @@ def test_agent_builds_a_native_etlt_with_tao_converter(tmp_path):
     meta = agent_package.load_model_json(str(package.path))
     tools = {"tao-converter": "/home/nvidia/taoflow/bin/tao-converter", "trtexec": "/usr/src/tensorrt/bin/trtexec"}
     argv = agent_build.tensorrt_argv(meta, str(package.path), "/p/.engine.tmp", tools, "8.2.1", 1, 512, KEY)
-    assert argv == ["/home/nvidia/taoflow/bin/tao-converter", "-k", KEY, "-d", "3,96,96", "-o", "NMS",
-                    "-e", "/p/.engine.tmp", "-t", "fp16", "-m", "1", "-w", str(512 << 20), "-i", "nchw",
+    assert meta["etlt"]["payload"] == "onnx" and meta["input"]["dynamic_batch"]
+    # an ONNX payload: no UFF output node (-o) and no implicit batch (-m); its dynamic batch gets a profile (-p)
+    assert argv == ["/home/nvidia/taoflow/bin/tao-converter", "-k", KEY, "-d", "3,96,96",
+                    "-p", f"{meta['input']['name']},1x3x96x96,1x3x96x96,1x3x96x96",
+                    "-e", "/p/.engine.tmp", "-t", "fp16", "-w", str(512 << 20), "-i", "nchw",
                     str(package.path / "model.etlt")]
+    uff = dict(meta, etlt=dict(meta["etlt"], payload="uff"))  # TAO 3/4's own .etlt
+    assert agent_build.tensorrt_argv(uff, str(package.path), "/p/.engine.tmp", tools, "8.2.1", 4, 512, KEY)[5:9] == \
+        ["-o", "NMS", "-m", "4"]
     # what the build record keeps of it: the key masked
     assert KEY not in agent_build.redact_argv(argv, KEY)

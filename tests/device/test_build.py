@@ -67,8 +67,8 @@ def test_tao_converter_command_for_etlt_and_key_masking(pkg):
     meta["input"].update(height=300, width=300)
     tools = {"tao-converter": "/opt/taoflow/bin/tao-converter"}
     argv = tensorrt_argv(meta, str(pkg), "/tmp/e", tools, "8.0.1", 1, 600, "s3cr3t-key")
-    assert argv == ["/opt/taoflow/bin/tao-converter", "-k", "s3cr3t-key", "-d", "3,300,300", "-o", "NMS", "-e",
-                    "/tmp/e", "-t", "fp16", "-m", "1", "-w", str(600 << 20), "-i", "nchw", f"{pkg}/model.etlt"]
+    assert argv == ["/opt/taoflow/bin/tao-converter", "-k", "s3cr3t-key", "-d", "3,300,300", "-o", "NMS", "-m",
+                    "1", "-e", "/tmp/e", "-t", "fp16", "-w", str(600 << 20), "-i", "nchw", f"{pkg}/model.etlt"]
     assert "s3cr3t-key" not in json.dumps(redact_argv(argv, "s3cr3t-key"))
     assert redact("error: bad key s3cr3t-key", "s3cr3t-key") == "error: bad key ***"
     with pytest.raises(AgentError, match="TAOFLOW_ETLT_KEY"):

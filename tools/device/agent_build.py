@@ -1,6 +1,7 @@
 """`build`: turn a package's model into what this device runs, one build per device at a time.
 
-  .etlt + TensorRT  tao-converter -k $KEY -d C,H,W -o NMS -e model.engine -t fp16 -m MAXB -w BYTES -i nchw
+  .etlt + TensorRT  tao-converter -k $KEY -d C,H,W -o NMS -m MAXB -e model.engine -t fp16 -w BYTES -i nchw (UFF)
+                    tao-converter -k $KEY -d C,H,W [-p Input,1xCxHxW,BxCxHxW,BxCxHxW] -e ... (ONNX payload)
   .onnx + TensorRT  trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 <workspace> [--min/opt/maxShapes]
   .onnx, no TensorRT, onnxruntime installed: nothing to build; the model is loaded once to prove it runs and the
                     runtime is recorded in build.json.
@@ -71,9 +72,17 @@ def tensorrt_argv(meta, package, tmp_engine, tools, trt_version, max_batch, ws_m
         if not key:
             raise AgentError("the .etlt key is not set: export {} on the device side of the deploy".format(KEY_ENV))
         argv = [tools["tao-converter"], "-k", key, "-d", "{},{},{}".format(inp["channels"], inp["height"],
-                                                                          inp["width"]),
-                "-o", "NMS", "-e", tmp_engine, "-t", precision, "-m", str(max_batch), "-w", str(ws_mb << 20),
-                "-i", "nchw"]
+                                                                          inp["width"])]
+        etlt = meta.get("etlt") if isinstance(meta.get("etlt"), dict) else {}
+        if etlt.get("payload") == "onnx":
+            # An ONNX payload names its own outputs (-o is for UFF) and has an explicit batch dimension: a
+            # dynamic one needs an optimization profile (-p), and -m applies to implicit-batch (UFF) models only.
+            if inp.get("dynamic_batch", False):
+                chw = "{}x{}x{}".format(inp["channels"], inp["height"], inp["width"])
+                argv += ["-p", "{},1x{},{}x{},{}x{}".format(inp["name"], chw, max_batch, chw, max_batch, chw)]
+        else:  # TAO 3/4 UFF: the graph ends in the NMS plugin node, the batch is implicit
+            argv += ["-o", "NMS", "-m", str(max_batch)]
+        argv += ["-e", tmp_engine, "-t", precision, "-w", str(ws_mb << 20), "-i", "nchw"]
         if precision == "int8":
             argv += ["-c", os.path.join(package, "cal.bin")]
         return argv + [model]
