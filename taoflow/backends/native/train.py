@@ -33,6 +33,7 @@ from .build import anchors_for, build_model, iterations_per_epoch, regularizatio
 from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint, save_checkpoint
 from .data import load_training_data, make_batch
 from .loss import ssd_loss
+from .step import TrainStep, compile_wanted, make_optimizer, make_scaler
 
 log = logging.getLogger(__name__)
 CACHE_SCALE = 1.5  # cached images are 1.5x the network input: crops keep detail without holding full frames
@@ -144,10 +145,16 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
                                                         else None)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+    # CUDA (or TAOFLOW_COMPILE=1) runs the device step of step.py: sync-free, static shapes, compiled, fused SGD.
+    # CPU runs the reference train_step below unchanged, so CPU results and bit-exact resume stay as they were.
+    device_step = device.type == "cuda" or compile_wanted(device, world)
+    optimizer = make_optimizer(params, device) if device_step else torch.optim.SGD(params, lr=0.0, momentum=0.9)
     if optimizer_state is not None:
+        kernels = {k: optimizer.defaults.get(k) for k in ("fused", "foreach")}
         optimizer.load_state_dict(optimizer_state)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+        for group in optimizer.param_groups:  # a checkpoint from another device keeps this device's SGD kernel
+            group.update(kernels)
+    scaler = make_scaler(device, use_amp)
     iters = iterations_per_epoch(len(data), tc.batch_size_per_gpu, gpus)
     total_steps = tc.num_epochs * iters
     schedule = tc.learning_rate.soft_start_annealing_schedule
@@ -158,6 +165,8 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
     if main_process:
         (results / "experiment_spec.txt").write_text(render(spec.raw))
 
+    step_fn = TrainStep(net, model, optimizer, scaler, anchors, spec, device, use_amp, tc.batch_size_per_gpu,
+                        max((len(b) for b in data.boxes), default=1), world=world) if device_step else None
     step, last_ckpt, lr = start_step, None, 0.0
     period = spec.effective.eval_config.validation_period_during_training
     stopper = EarlyStopping(spec.effective)
@@ -181,10 +190,13 @@ def train(spec_path, results_dir, resume_model=None, initial_epoch=1, gpus=1, gp
             if device.type == "cuda":
                 batch = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
             lr = soft_start_annealing_lr(step, total_steps, schedule, gpus)
-            total = train_step(net, optimizer, scaler, batch, anchors, spec, lr, use_amp, device)
+            if step_fn is not None:
+                total = step_fn(batch, lr)
+            else:
+                total = train_step(net, optimizer, scaler, batch, anchors, spec, lr, use_amp, device)
             losses.append(total)
             step += 1
-        losses = [v.item() for v in losses]
+        losses = torch.stack(losses).tolist() if losses else []  # one host sync per epoch
         if any(not math.isfinite(v) for v in losses):
             raise TaoflowError(f"training diverged in epoch {epoch} (loss {losses}); lower max_learning_rate")
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan, "lr": lr}
