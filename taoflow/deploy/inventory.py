@@ -20,9 +20,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULTS = {
     "user": None, "port": 22, "key": None, "known_hosts": None, "device_root": None, "python": "/usr/bin/python3",
     "connect_timeout": 15.0, "command_timeout": 900.0, "build_timeout": 3600.0, "concurrency": 8, "keep": 3,
+    "min_fps": 0.0, "live_timeout": 60.0,
 }
 DEVICE_KEYS = {"name", "host", "port", "user", "key", "host_key", "known_hosts", "tags", "device_root", "python",
-               "connect_timeout", "command_timeout", "build_timeout"}
+               "connect_timeout", "command_timeout", "build_timeout", "min_fps", "live_timeout"}
 FLEET_ONLY = {"concurrency", "keep"}
 
 
@@ -41,6 +42,10 @@ class Device:
     connect_timeout: float = 15.0
     command_timeout: float = 900.0
     build_timeout: float = 3600.0
+    # The live gate, for a device whose detector service runs (agent `detect --serve`): after the switch the
+    # rollout waits up to live_timeout seconds for its heartbeat to report the new version at >= min_fps.
+    min_fps: float = 0.0
+    live_timeout: float = 60.0
     source: str = ""          # "fleet.toml:12", for messages
 
     @property
@@ -224,8 +229,9 @@ def _device(check, path, i, table, defaults):
     port = check.value(merged, "port", int, "devices", i, 1)
     if port > 65535:
         check.fail(f"port {port} is out of range", "devices", i, "port")
-    for key in ("connect_timeout", "command_timeout", "build_timeout"):
+    for key in ("connect_timeout", "command_timeout", "build_timeout", "live_timeout"):
         check.value(merged, key, (int, float), "devices", i, 1, MAX_TIMEOUT)
+    check.value(merged, "min_fps", (int, float), "devices", i, 0, 10000)
     for key in ("device_root", "python"):
         if not merged[key].startswith("/"):
             check.fail(f"{key} must be an absolute path on the device, not {merged[key]!r}", "devices", i, key)
@@ -250,7 +256,8 @@ def _device(check, path, i, table, defaults):
         known_hosts=None if known_hosts is None else _local_path(check, base, known_hosts, i, "known_hosts"),
         tags=tuple(tags),
         connect_timeout=float(merged["connect_timeout"]), command_timeout=float(merged["command_timeout"]),
-        build_timeout=float(merged["build_timeout"]),
+        build_timeout=float(merged["build_timeout"]), min_fps=float(merged["min_fps"]),
+        live_timeout=float(merged["live_timeout"]),
         source=f"{path}:{check.where.get(('devices', i, None), '?')}")
 
 

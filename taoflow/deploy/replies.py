@@ -173,15 +173,13 @@ PASSPORT = Obj({"version": Opt(Name), "name": Opt(Name), "activated_at": Opt(Num
                                   "runtime": Opt(Str), "runtime_version": Opt(Str)})),
                 "build": Opt(Obj({"model_sha256": Opt(Str), "engine_sha256": Opt(Str), "runtime": Opt(Str),
                                   "runtime_version": Opt(Str), "precision": Opt(Str), "seconds": Opt(Num())}))})
+SERVICE = Opt(Obj({"version": Opt(Name), "status": Opt(Str), "fps": Opt(Num()), "frames": Opt(Num(integer=True)),
+                   "dropped": Opt(Num(integer=True)), "swaps": Opt(Num(integer=True)), "last_error": Opt(Str),
+                   "pid": Opt(Num(integer=True)), "time": Opt(Num()), "age_s": Opt(Num(minimum=None))}))
 MODEL_STATE = Obj({"current": Opt(Name),
                    "versions": List(Obj({"version": Name, "passport": Opt(PASSPORT), "smoke_passed": Opt(Bool),
                                          "fps": Opt(Num())}, required=("version",))),
-                   "history": List(Name),
-                   "service": Opt(Obj({"version": Opt(Name), "status": Opt(Str), "fps": Opt(Num()),
-                                       "frames": Opt(Num(integer=True)), "dropped": Opt(Num(integer=True)),
-                                       "swaps": Opt(Num(integer=True)), "last_error": Opt(Str),
-                                       "pid": Opt(Num(integer=True)), "time": Opt(Num()),
-                                       "age_s": Opt(Num(minimum=None))}))}, required=("current", "versions"))
+                   "history": List(Name), "service": SERVICE}, required=("current", "versions"))
 STATE = Obj({"root": Opt(Str), "models": Map(MODEL_STATE, key=Name)}, required=("models",))
 DETECTION = Obj({"label": Str, "box": List(Num(minimum=None), length=4), "confidence": Num()},
                 required=("label", "box", "confidence"))
@@ -201,7 +199,7 @@ PROBE = Obj({
     "modules": Map(Opt(OneOf(Str, Obj({"version": Opt(Str), "providers": Opt(List(Str))})))),
     "tools": Opt(Map(Opt(Str))), "tool_links": Opt(Map(Any)),
     "import_errors": Opt(Map(Str)), "imports_checked": Opt(Bool),
-    "models": Map(Obj({"current": Opt(Name), "passport": Opt(PASSPORT)}), key=Name),
+    "models": Map(Obj({"current": Opt(Name), "passport": Opt(PASSPORT), "service": SERVICE}), key=Name),
 }, required=("runtimes", "models", "modules"))
 RESULTS = {
     "probe": PROBE,

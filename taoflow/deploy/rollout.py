@@ -114,6 +114,7 @@ class _Rollout:
         # connected to once per rollout (an SSH handshake and login cost both ends CPU, the host's in one thread)
         self.sessions = {}
         self.staged = set()  # devices whose package was staged during their group's canary
+        self.live = set()  # devices whose detector service was running at the probe (the live gate applies)
         self.expected = json.loads((package.path / "samples" / "expected.json").read_text(encoding="utf-8"))
         passport = package.path / "passport.json"
         self.package_passport = json.loads(passport.read_text(encoding="utf-8")) if passport.is_file() else None
@@ -159,6 +160,9 @@ class _Rollout:
             model = (probe.get("models") or {}).get(self.name) or {}
             out.previous = out.current = model.get("current")
             out.passport = model.get("passport")
+            service = model.get("service") or {}
+            if service.get("status") == "serving" and (service.get("age_s") or 0) < 10:
+                self.live.add(n)  # its detector service runs: the live gate applies after its switch
             if self.already_current(out):
                 out.status = "already_current"
                 out.fps = ((out.passport or {}).get("smoke") or {}).get("fps")
@@ -352,6 +356,14 @@ class _Rollout:
             self.event("failed", device=n, group=g.id, wave=wave, error=e.reason)
             await self.confirm_previous(n)
             return False
+        if n in self.live:
+            problem = await self.live_gate(n)
+            if problem:
+                out.status, out.error, out.current = "failed", problem, result["current"]
+                out.seconds = round(time.monotonic() - started, 3)
+                self.event("failed", device=n, group=g.id, wave=wave, error=problem)
+                await self.confirm_previous(n)
+                return False
         out.status, out.current, out.passport = "deployed", result["current"], result["passport"]
         out.fps, out.seconds = result["smoke"]["fps"], result["seconds"]
         out.bytes_uploaded = (out.bytes_uploaded or 0) + result["bytes_uploaded"]
@@ -360,6 +372,30 @@ class _Rollout:
             self.switched.append(n)
         self.event("deployed", device=n, group=g.id, wave=wave, fps=out.fps)
         return True
+
+    async def live_gate(self, n):
+        """For a device whose detector service runs: wait (up to the device's live_timeout) for its heartbeat to
+        report the new version at >= min_fps; the reason it did not, or None."""
+        device = self.by_name[n]
+        deadline = time.monotonic() + device.live_timeout
+        seen = None
+        while True:
+            try:
+                models = await astatus(device, self.name, retries=1)
+                seen = (models.get(self.name) or {}).get("service") or {}
+            except DeployError as e:
+                seen = {"last_error": f"status unreadable: {e.reason}"}
+            fps = seen.get("fps")
+            if seen.get("version") == self.version and seen.get("status") == "serving" and fps is not None \
+                    and fps >= device.min_fps and (seen.get("age_s") or 0) < 10:
+                self.report.devices[n].fps = fps
+                return None
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(1.0)
+        return (f"live gate: the detector service did not report {self.version} at >= {device.min_fps:g} FPS within "
+                f"{device.live_timeout:g} s (it reports {seen.get('version')} at {seen.get('fps')} FPS"
+                f"{', last error: ' + seen['last_error'] if seen.get('last_error') else ''})")
 
     async def confirm_previous(self, n):
         """After a failed deploy: make sure `current` is what it was (revert is a no-op when it never switched)."""

@@ -159,3 +159,49 @@ def test_the_service_hot_swaps_to_a_new_current_and_keeps_serving_when_one_fails
     switch = versions.index(v2.version)
     assert set(versions[:switch]) == {v1.version} and set(versions[switch:]) == {v2.version}
     assert json.loads(beat_file.read_text())["status"] == "stopped"
+
+
+def test_the_live_gate_waits_for_the_services_heartbeat_and_reverts_a_device_too_slow(
+        sim_fleet, device_python, package_copy):
+    import threading
+    import time
+
+    from taoflow.deploy import rollout
+    from taoflow.deploy.fleet import detect
+    sims = sim_fleet(1)
+    root = sims.devices[0].root
+    v1, v2, v3 = (load_package(package_copy(tag)) for tag in ("one", "two", "three"))
+
+    def inventory(min_fps):
+        return load_inventory(sims.write_inventory(device_python, command_timeout=120, extra_defaults=(
+            f"min_fps = {min_fps}\nlive_timeout = 15\n"))).devices
+
+    devices = inventory(0)
+    assert rollout(devices, v1, name="lpd").ok  # no service yet: no live gate
+    write_video(root / "loop.avi", sorted((v1.path / "samples").glob("*.png")), repeat=1)
+    outcome = {}
+    service = threading.Thread(target=lambda: outcome.update(result=detect(
+        devices[0], "lpd", str(root / "loop.avi"), serve=True, loop=True, seconds=120)), daemon=True)
+    service.start()
+    beat_file = root / "detect" / "lpd.json"
+    deadline = time.monotonic() + 60
+    while not (beat_file.is_file() and json.loads(beat_file.read_text()).get("fps")):
+        assert time.monotonic() < deadline, "the service never reported"
+        time.sleep(0.2)
+    try:
+        report = rollout(inventory(0.5), v2, name="lpd")
+        assert report.ok, report.table()
+        assert json.loads(beat_file.read_text())["version"] == v2.version  # the gate saw the service run it
+
+        report = rollout(inventory(9999), v3, name="lpd")  # no Nano serves 9,999 FPS
+        bad = report.devices["nano-00"]
+        assert bad.status == "failed" and "live gate" in bad.error and ">= 9999 FPS" in bad.error, bad.error
+        assert bad.current == v2.version and os.readlink(root / "models" / "lpd" / "current") == v2.version
+        deadline = time.monotonic() + 30  # the service follows `current` back
+        while json.loads(beat_file.read_text())["version"] != v2.version:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.kill(json.loads(beat_file.read_text())["pid"], signal.SIGTERM)
+        service.join(60)
+    assert outcome["result"]["swaps"] >= 3 and outcome["result"]["dropped"] == 0

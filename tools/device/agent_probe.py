@@ -331,6 +331,9 @@ def installed_models(root):
                 except AgentError:  # missing or unreadable: the probe reports, it does not fail
                     passport = None
             found[name] = {"current": current, "passport": passport}
+            service = agent_store.service_heartbeat(root, name)
+            if service is not None:  # the detector service's heartbeat: the rollout's live gate reads it
+                found[name]["service"] = service
     return found
 
 

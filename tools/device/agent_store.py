@@ -262,13 +262,13 @@ def status(root, name=None):
             versions.append({"version": version, "passport": _read_json(os.path.join(path, "passport.json")),
                              "smoke_passed": smoke.get("passed"), "fps": smoke.get("fps")})
         report[model] = {"current": current_version(models), "versions": versions, "history": _history(models)}
-        beat = _service_heartbeat(root, model)
+        beat = service_heartbeat(root, model)
         if beat is not None:
             report[model]["service"] = beat
     return {"root": root, "models": report}
 
 
-def _service_heartbeat(root, name):
+def service_heartbeat(root, name):
     """The detector service's heartbeat for this model (agent_detect.serve), if one runs or ran here."""
     path = os.path.join(root, "detect", name + ".json")
     if not os.path.isfile(path):
