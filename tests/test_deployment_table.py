@@ -13,6 +13,14 @@ from taoflow.serve import build_deployments
 REPO = Path(__file__).resolve().parents[1]
 
 
+def moved(value, old, new):
+    if isinstance(value, dict):
+        return {k: moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [moved(v, old, new) for v in value]
+    return new + value[len(old):] if isinstance(value, str) and value.startswith(old) else value
+
+
 def test_serve_offers_exactly_the_deployments_of_prefect_yaml(tmp_path):
     raw = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     served = {d.name: d for d in build_deployments(tmp_path / "ws")}
@@ -24,15 +32,7 @@ def test_serve_offers_exactly_the_deployments_of_prefect_yaml(tmp_path):
         assert s.flow_name == {"train_ssd": "train-ssd", "deploy_ssd": "deploy-ssd"}[func]
         assert d["work_pool"]["name"] == "taoflow-gpu"
         assert s.tags == d["tags"] and s.description == d["description"]
-        yaml_ws = d["parameters"]["workspace"]
-
-        def moved(value):
-            if isinstance(value, dict):
-                return {k: moved(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [moved(v) for v in value]
-            return ws + value[len(yaml_ws):] if isinstance(value, str) and value.startswith(yaml_ws) else value
-        assert s.parameters == moved(d["parameters"]), d["name"]
+        assert s.parameters == moved(d["parameters"], d["parameters"]["workspace"], ws), d["name"]
         assert s.parameters["workspace"] == ws
     demo = served["demo"].parameters
     assert (demo["spec_set"], demo["dataset_path"]) == ("demo_cpu", f"{ws}/raw/crpd_demo")
