@@ -260,3 +260,35 @@ def test_lock_kind_from_the_environment(tmp_path, monkeypatch):
     assert held is not None
     held.close()
     assert not (store.root / "s" / ".lease-k").exists()
+
+
+def _run_stage_counting(workspace, host, marker, go):
+    os.environ["TAOFLOW_HOST_ID"] = host  # two "machines"
+    go.wait(30)
+
+    def produce(tmp, _key):
+        with open(marker, "a") as f:
+            f.write(f"{host}\n")
+        time.sleep(0.5)  # long enough that the other machine asks for the key meanwhile
+        (tmp / "out.txt").write_text("x")
+        return {}
+    result = run_stage(Store(workspace), "stage", {"same": "inputs"}, produce)
+    with open(marker.with_suffix(".results"), "a") as f:
+        f.write(f"{host} {result.cached}\n")
+
+
+def test_two_machines_asking_for_one_key_compute_it_once(tmp_path, lock_kind):
+    go = CTX.Event()
+    marker = tmp_path / "computed"
+    procs = [CTX.Process(target=_run_stage_counting, args=(tmp_path / "ws", f"machine-{i}", marker, go))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(marker.read_text().split()) == 1
+    assert sorted(line.split()[1] for line in marker.with_suffix(".results").read_text().splitlines()) == \
+        ["False", "True", "True"]
+    assert Store(tmp_path / "ws").check() == []
