@@ -4,6 +4,7 @@ TAO one to the launcher's --gpus/--gpu_index."""
 
 import multiprocessing
 import os
+import traceback
 import signal
 import threading
 import time
@@ -45,10 +46,21 @@ def test_a_workers_gpus_come_from_its_environment(tmp_path):
 
 
 def _lease_in_child(count, share, queue, hold_s):
-    with G.lease(count, share, what="child", poll_s=0.05) as placement:
-        queue.put((os.getpid(), placement.ids, time.monotonic()))
-        time.sleep(hold_s)
-    queue.put((os.getpid(), "released", time.monotonic()))
+    try:
+        with G.lease(count, share, what="child", poll_s=0.05) as placement:
+            queue.put((os.getpid(), placement.ids, time.monotonic()))
+            time.sleep(hold_s)
+        queue.put((os.getpid(), "released", time.monotonic()))
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        # A forked child inherits the test process's atexit hooks (Prefect's temporary server, ClearML, ...) and
+        # threads; leave without running them, once the queue has sent what this child put in it.
+        queue.close()
+        queue.join_thread()
+        os._exit(code)
 
 
 def test_concurrent_runs_of_one_machine_never_share_a_gpu(machine):
