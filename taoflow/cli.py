@@ -22,7 +22,8 @@ COMMANDS = {
     ("demo",): ("taoflow.demo", "run the pipeline on generated demo data (the README's main command)"),
     ("serve",): ("taoflow.serve", "serve the train-ssd deployments (starts a local Prefect server if needed)"),
     ("watch",): ("taoflow.watch", "start a deployment (e.g. train-ssd/crpd) when new data lands in a folder"),
-    ("demo-data",): ("taoflow.datasets.demo", "generate synthetic data: CRPD-format license plates, or KITTI-format traffic and road signs (--kind kitti)"),
+    ("demo-data",): ("taoflow.datasets.demo", "generate synthetic data: CRPD-format license plates, or KITTI-format "
+                                              "traffic and road signs (--kind kitti)"),
     ("convert", "crpd"): ("taoflow.datasets.crpd", "CRPD quadrilateral plates -> KITTI labels"),
     ("convert", "kitti"): ("taoflow.datasets.kitti", "KITTI traffic labels -> remapped 15-field KITTI labels"),
     ("split",): ("taoflow.datasets.split", "deterministic train/val split (links, never moves files)"),

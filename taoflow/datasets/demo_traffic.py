@@ -157,7 +157,7 @@ def render_kitti_frame(seed, index, image_size, max_objects=8):
     for _ in range(int(rng.integers(0, 3))):  # distant clutter: one DontCare region each, as KITTI marks them
         dw, dh = rng.uniform(0.03, 0.1) * w, rng.uniform(0.03, 0.07) * h
         dx, dy = rng.uniform(0, w - dw), horizon - dh * rng.uniform(0.3, 0.9)
-        for k in range(int(rng.integers(2, 5))):
+        for _ in range(int(rng.integers(2, 5))):
             cx = int(dx + dw * rng.random())
             cv2.rectangle(img, (cx, int(dy + dh * 0.3)), (cx + int(dw * 0.2), int(dy + dh)),
                           _colour(rng, (80, 80, 150), 50), -1)

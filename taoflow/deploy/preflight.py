@@ -68,19 +68,9 @@ def ort_limits(ort_version):
 def _onnx_facts(path, sha256):
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    ops = set()
-
-    def walk(graph):
-        for node in graph.node:
-            if node.domain in ("", "ai.onnx"):
-                ops.add(node.op_type)
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    walk(attr.g)
-    walk(model.graph)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    return frozenset(ops), opset, model.ir_version
+    from ..etlt import onnx_facts
+    facts = onnx_facts(onnx.load(str(path), load_external_data=False))
+    return frozenset(facts["ops"]), facts["opset"], facts["ir_version"]
 
 
 def model_facts(package):

@@ -14,7 +14,8 @@ from taoflow.datasets.kitti import kitti_class_counts, read_kitti_lines
 from taoflow.datasets.tfrecords import _parse_label_file
 from taoflow.errors import TaoflowError
 
-SETTINGS = settings(max_examples=int(os.environ.get("TAOFLOW_HYPOTHESIS_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("TAOFLOW_HYPOTHESIS_EXAMPLES", "200")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 # Tokens that have broken parsers: numbers Python reads but the formats do not mean (nan, inf, 1e999, 1_0, full-width
 # digits), huge integers, separators of other scripts, lone surrogates cannot be encoded so they are left out.

@@ -367,7 +367,7 @@ def test_cli_prints_the_note_and_exits_0(tmp_path, kitti_png):
     assert "matches no file" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
 
 
-# ---------------------------------------------------------------------- hostile inputs (issue 13): refuse before writing
+# --------------------------------------------------------------- hostile inputs (issue 13): refuse before writing
 
 
 def _listing(root):
