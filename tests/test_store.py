@@ -3,7 +3,6 @@ lineage, what killed runs left behind is cleaned by the next run of that stage, 
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import stat
@@ -16,6 +15,7 @@ from taoflow.datasets.demo import generate_crpd
 from taoflow.fsutil import tree_digest
 from taoflow.pipeline import LINEAGE_DIR, RunConfig, stage_convert, stage_split
 from taoflow.store import HashCache, Store
+from tests.forking import FORK
 
 
 def dataset(root, seed, n=6):
@@ -64,7 +64,7 @@ def _convert_in_child(workspace, raw, ready, go):
 
 def test_concurrent_runs_on_two_datasets_both_record_their_lineage(ws):
     store, cfg, raw = ws
-    ctx = multiprocessing.get_context("fork")
+    ctx = FORK
     go = ctx.Event()
     children = []
     for name in ("a", "b"):

@@ -4,7 +4,6 @@ deleted or replaced; the integrity check finds what is wrong."""
 
 import contextlib
 import json
-import multiprocessing
 import os
 import signal
 import time
@@ -15,8 +14,9 @@ import pytest
 from taoflow.errors import TaoflowError
 from taoflow.pipeline import run_stage
 from taoflow.store import LeaseLock, Store, choose_lock_mode, flock_is_local_only
+from tests.forking import FORK
 
-CTX = multiprocessing.get_context("fork")
+CTX = FORK
 
 
 @pytest.fixture(params=["flock", "file"])
