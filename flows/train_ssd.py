@@ -291,7 +291,6 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             "stages": {k: {"key": v["key"], "cached": v["cached"], "seconds": v["seconds"]} for k, v in stages.items()},
             "model": model_file, "report": str(run_dir / "report.md"), "classes": class_counts,
             "run_dir": str(run_dir), "deployed": deployed,
-            "models": [{k: r.get(k) for k in ("model", "params", "gflops")} for r in rep["rows"]],
         }
     except BaseException:
         if clearml:  # a failed run is tracked too: its parameters and specs

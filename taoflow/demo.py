@@ -27,12 +27,6 @@ DATASETS = ("crpd", "traffic")
 # The mAP floor of each demo: the CRPD demo's measured 0.92 clears 0.85; the traffic demo's short CPU run from
 # scratch shows the flow (two datasets, 4 classes), not a traffic model, so its floor only catches a broken run.
 MAP_FLOORS = {"crpd": 0.85, "traffic": 0.3}
-# The CRPD demo's pruning (-pth, -eq): its 4 training epochs with L1 3e-3 (specs/demo) leave most filters of block 4
-# and the expansion layers under 30 % of their layer's largest norm, so -pth 0.3 with the flow's `intersection`
-# criterion keeps 28-30 % of the parameters and 44-48 % of the FLOPs, and 3 retraining epochs bring mAP back to
-# 0.91 (2-core sweeps of L1 weight x threshold x epochs). The flow's default -pth 0.1 (TAO's) would keep 58 % of the
-# parameters but 70 % of the FLOPs here.
-DEMO_PRUNE = {"prune_threshold": 0.3, "prune_criterion": "intersection"}
 TRAFFIC_SPECS = (SPECS_DIR / "traffic" / "ssd_train_resnet10_traffic_demo_cpu.txt",
                  SPECS_DIR / "traffic" / "ssd_retrain_resnet10_traffic_demo_cpu.txt")
 
@@ -63,7 +57,6 @@ def _flow_arguments(dataset, ws, num_images, seed, workers, progress, image_size
     if dataset == "crpd":
         raw = demo_dataset(ws, num_images, seed, workers, progress)
         return {"dataset_kind": "crpd", "dataset_path": str(raw), "spec_set": "demo_cpu", "model_name": "lpd-demo",
-                **DEMO_PRUNE,
                 **({"train_spec": str(specs[0]), "retrain_spec": str(specs[1])} if specs else {})}
     if dataset == "traffic":
         from .datasets.demo_traffic import SIGN_CLASS_MAP
@@ -123,26 +116,11 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
         "dataset": dataset,
         "ap": {k[3:]: v for k, v in result["passport"]["metrics"].items() if k.startswith("AP_")},
         "classes": result.get("classes"),
-        **_model_sizes(result.get("models") or []),
         "paths": {"workspace": str(ws), "dataset": args["dataset_path"], "model": result["model"], "report": result["report"],
                   "clearml_session": result.get("clearml_session")},
     }
     write_text_atomic(ws / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _model_sizes(rows):
-    """Parameters and GFLOPs of the unpruned, pruned and retrained models (the report's rows) and the retrained
-    model's ratios to the unpruned one."""
-    by = {r["model"]: r for r in rows}
-    if not {"unpruned", "retrained"} <= by.keys() or not by["unpruned"].get("params"):
-        return {}
-    out = {"params": {k: r.get("params") for k, r in by.items()},
-           "gflops": {k: round(r["gflops"], 4) if r.get("gflops") else None for k, r in by.items()}}
-    u, r = by["unpruned"], by["retrained"]
-    out["params_ratio"] = round(r["params"] / u["params"], 4)
-    out["gflops_ratio"] = round(r["gflops"] / u["gflops"], 4) if u.get("gflops") else None
-    return out
 
 
 def prepare_data_stage(workspace, num_images=300, seed=0, workers=None, progress=True, fresh=False):
