@@ -116,7 +116,8 @@ def run_demo(workspace="workspace", num_images=DEMO_IMAGES, seed=0, workers=None
         "dataset": dataset,
         "ap": {k[3:]: v for k, v in result["passport"]["metrics"].items() if k.startswith("AP_")},
         "classes": result.get("classes"),
-        "paths": {"workspace": str(ws), "dataset": args["dataset_path"], "model": result["model"], "report": result["report"],
+        "paths": {"workspace": str(ws), "dataset": args["dataset_path"], "model": result["model"],
+                  "report": result["report"],
                   "clearml_session": result.get("clearml_session")},
     }
     write_text_atomic(ws / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
