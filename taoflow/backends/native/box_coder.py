@@ -45,10 +45,16 @@ def match(anchors, gt_boxes, gt_labels, gt_valid, pos_iou_thresh=0.5, neg_iou_th
         owner[batch[take], a[take]] = g[take]
         greedy[batch[take], g[take], :] = -2.0  # this GT is done
         greedy[batch[take], :, a[take]] = -2.0  # this anchor is taken
-    # TAO zeroes the columns of bipartite-matched anchors before multi matching and the neutral test.
+    return finish_matching(iou, owner, gt_labels, gt_boxes, pos_iou_thresh, neg_iou_thresh)
+
+
+def finish_matching(iou, owner, gt_labels, gt_boxes, pos_iou_thresh, neg_iou_thresh):
+    """After bipartite matching (`owner`: matched GT per anchor, -1 none): TAO's multi matching and neutral test.
+    TAO zeroes the columns of bipartite-matched anchors first. Returns (labels, matched GT boxes) per anchor."""
+    B, G, A = iou.shape
     taken = owner >= 0
     rest = iou.masked_fill(taken[:, None, :], 0.0)
-    best_iou, best_gt = rest.max(1) if G else (torch.zeros(B, A, device=anchors.device),) * 2
+    best_iou, best_gt = rest.max(1) if G else (torch.zeros(B, A, device=iou.device),) * 2
     multi = (~taken) & (best_iou >= pos_iou_thresh)
     owner = torch.where(multi, best_gt.long(), owner)
     positive = owner >= 0

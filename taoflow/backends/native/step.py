@@ -24,7 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .box_coder import IGNORE, box_iou, encode
+from .box_coder import box_iou, encode, finish_matching
 from .build import regularization
 
 log = logging.getLogger(__name__)
@@ -52,18 +52,7 @@ def match_static(anchors, gt_boxes, gt_labels, gt_valid, pos_iou_thresh=0.5, neg
         owner[batch, a] = torch.where(take, g, owner[batch, a])
         row_done[batch, g] = row_done[batch, g] | take
         col_done[batch, a] = col_done[batch, a] | take
-    taken = owner >= 0
-    rest = iou.masked_fill(taken[:, None, :], 0.0)
-    best_iou, best_gt = rest.max(1)
-    multi = (~taken) & (best_iou >= pos_iou_thresh)
-    owner = torch.where(multi, best_gt.long(), owner)
-    positive = owner >= 0
-    safe_owner = owner.clamp(min=0)
-    labels = torch.where(positive, torch.gather(gt_labels, 1, safe_owner), torch.zeros_like(owner))
-    neutral = (~positive) & (best_iou >= neg_iou_thresh)
-    labels = labels.masked_fill(neutral, IGNORE)
-    matched = torch.gather(gt_boxes, 1, safe_owner[..., None].expand(B, A, 4))
-    return labels, matched
+    return finish_matching(iou, owner, gt_labels, gt_boxes, pos_iou_thresh, neg_iou_thresh)
 
 
 def ssd_loss_static(conf_logits, loc_pred, labels, loc_target, neg_pos_ratio=3.0, alpha=1.0):
