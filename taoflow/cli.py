@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import TaoflowError
@@ -49,7 +50,7 @@ def build_parser():
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups = {}
-    for path, (module_name, help_text, *prefix) in COMMANDS.items():
+    for path, (_module, help_text, *_prefix) in COMMANDS.items():
         if len(path) == 1:
             sub = top.add_parser(path[0], help=help_text, description=help_text)
         else:
@@ -57,13 +58,31 @@ def build_parser():
                 grp = top.add_parser(path[0], help=f"{path[0]} commands")
                 groups[path[0]] = grp.add_subparsers(dest=f"{path[0]}_command", metavar="COMMAND", required=True)
             sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        hook = prefix[0] if prefix else "cli"
-        add = getattr(module, f"add_{hook}_arguments")
-        run = getattr(module, f"run_{hook}" if prefix else "run_cli")
-        add(sub)
-        sub.set_defaults(_run=run)
+        _attach(sub, path)
     return parser
+
+
+def _attach(parser, path):
+    """Give `parser` the arguments of subcommand `path` and make it run that subcommand's function."""
+    module_name, _help, *prefix = COMMANDS[path]
+    module = importlib.import_module(module_name)
+    hook = prefix[0] if prefix else "cli"
+    getattr(module, f"add_{hook}_arguments")(parser)
+    parser.set_defaults(_run=getattr(module, f"run_{hook}" if prefix else "run_cli"))
+
+
+def tool_main(path, doc):
+    """The `main(argv=None)` of a standalone script in tools/: subcommand `path` of this CLI under the script's
+    own name, with the same exit codes and one-line errors (the scripts are this entry point, not copies of it)."""
+    def main(argv=None):
+        parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name, description=doc)
+        _attach(parser, tuple(path))
+        args = parser.parse_args(argv)
+        verbose = getattr(args, "verbose", False) is True
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return run(args)
+    return main
 
 
 def main(argv=None):
@@ -72,6 +91,11 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level == "INFO":  # the Prefect client logs every API call through httpx; they bury the progress
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    return run(args)
+
+
+def run(args):
+    """Run a parsed subcommand; the exit status and the one-line error of the module docstring."""
     try:
         return args._run(args) or 0
     except TaoflowError as e:

@@ -5,27 +5,15 @@ Example: tools/split.py --input_image_dir data/generated/kitti/image --input_lab
     --output_dir data/generated/kitti_split --val_split 10
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from taoflow.datasets.split import add_cli_arguments, run_cli  # noqa: E402
-from taoflow.errors import TaoflowError  # noqa: E402
+from taoflow.cli import tool_main  # noqa: E402
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_cli_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_cli(args)
-    except TaoflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+main = tool_main(("split",), __doc__)
 
 if __name__ == "__main__":
     sys.exit(main())
