@@ -8,6 +8,7 @@ from typing import Literal, Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.executors import model_key
 from taoflow.deploy import load_inventory, load_package
 from taoflow.deploy.package_builder import build_package, list_images
 from taoflow.deploy.rollout import rollout
@@ -24,9 +25,7 @@ def make_package(export_dir, sample_images, passport, dest, reference_labels=Non
         return str(dest)  # packages are content-addressed by their export (dest includes the export key)
     key = None
     if any(Path(export_dir).glob("*.etlt")):
-        from taoflow.backends.tao.flow_executor import config_from
-        from taoflow.backends.tao.masking import resolve_key
-        key = resolve_key(config_from(tao_key_block).key)  # None: TAO's .etlt falls back to its inference labels
+        key = model_key(tao_key_block)  # None: TAO's .etlt falls back to its inference labels
     build_package(export_dir, dest, sample_images, passport=passport, reference_labels=reference_labels,
                   etlt_key=key, etlt_devices=etlt_devices)
     return str(dest)
@@ -38,9 +37,7 @@ def etlt_key(package, key_block=None):
     passed as a parameter: Prefect records parameters. None for other models."""
     if not str(load_package(package).meta.get("model_file", "")).endswith(".etlt"):
         return None
-    from taoflow.backends.tao.flow_executor import config_from
-    from taoflow.backends.tao.masking import resolve_key
-    return resolve_key(config_from(key_block).key)
+    return model_key(key_block)
 
 
 @task(name="rollout")

@@ -447,7 +447,7 @@ def stage_train(store, cfg, tfrecords, split, executor, name="train", pruned=Non
     raw = load_experiment(spec_path, task="train").raw
     material = {"tfrecords": tfrecords.key, "split": split.key, "spec": spec_text_without_paths(raw),
                 "pruned": pruned.key if pruned is not None else None, "backend": executor.name,
-                "code": code_version("backends/native")}
+                "code": executor.code_version("train")}
 
     def produce(tmp, key):
         work = store.work_dir(name, key)  # survives a killed flow: the next run resumes here
@@ -494,7 +494,7 @@ def exported_model_of(stage):
 
 
 def stage_evaluate(store, cfg, trained, executor, name="evaluate"):
-    material = {"model": trained.key, "backend": executor.name, "code": code_version("backends/native")}
+    material = {"model": trained.key, "backend": executor.name, "code": executor.code_version("evaluate")}
 
     def produce(tmp, _key):
         metrics = executor.evaluate(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained), tmp)
@@ -505,7 +505,7 @@ def stage_evaluate(store, cfg, trained, executor, name="evaluate"):
 
 def stage_prune(store, cfg, trained, executor):
     material = {"model": trained.key, "pth": cfg.prune_threshold, "eq": cfg.prune_criterion,
-                "backend": executor.name, "code": code_version("backends/native/prune.py")}
+                "backend": executor.name, "code": executor.code_version("prune")}
 
     def produce(tmp, _key):
         report = executor.prune(checkpoint_of(trained), tmp / "pruned.pth", cfg.prune_threshold, cfg.prune_criterion)
@@ -515,7 +515,7 @@ def stage_prune(store, cfg, trained, executor):
 
 def stage_export(store, cfg, trained, executor):
     material = {"model": trained.key, "precision": cfg.export_precision, "backend": executor.name,
-                "code": code_version("backends/native/export.py")}
+                "code": executor.code_version("export")}
     if getattr(executor, "export_format", "onnx") != "onnx":  # .etlt: another output (ONNX keys stay as they were)
         material["format"] = executor.export_format
 

@@ -183,10 +183,11 @@ def test_tao_executor_passes_its_leased_gpus_to_the_launcher(machine, monkeypatc
 def test_the_flow_hands_its_gpus_parameter_to_the_executors(monkeypatch):
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from flows.train_ssd import _executor
-    native = _executor("native", {"gpus": 2, "share_gpus": True})
+    from flows.executors import executor_for
+    from taoflow.pipeline import RunConfig
+    native = executor_for("native", RunConfig("ws", gpus=2, share_gpus=True))
     assert (native.gpus, native.share_gpus) == (2, True)
-    tao = _executor("tao", {"gpus": 0})
+    tao = executor_for("tao", RunConfig("ws", gpus=0))
     assert (tao.gpus, tao.share_gpus) == (0, False)
     import inspect
 

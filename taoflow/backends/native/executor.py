@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ... import gpus as G
+from ...store import code_version
+
+# The code each step's output depends on (taoflow.store.code_version paths): a change there invalidates that step's
+# stored results, and only those.
+STEP_CODE = {"train": ("backends/native",), "evaluate": ("backends/native",), "prune": ("backends/native/prune.py",),
+             "export": ("backends/native/export.py",), "infer": ("backends/native",)}
 
 
 class NativeExecutor:
@@ -25,6 +31,10 @@ class NativeExecutor:
         self._etlt_key = etlt_key
         self.gpus = gpus  # how many of the worker's GPUs a step leases (0: CPU)
         self.share_gpus = share_gpus  # True: take them even when another run of this machine holds them
+
+    def code_version(self, step):
+        """Digest of the code that makes `step`'s outputs (part of the stage's cache key)."""
+        return code_version(*STEP_CODE[step])
 
     def _lease(self, what):
         if self.device is not None:

@@ -2,6 +2,9 @@
 same methods and return shapes as taoflow.backends.native.executor.NativeExecutor, so a flow switches executors with
 one parameter (`backend="tao"`) and cannot tell which one ran.
 
+The model key comes in the TaoConfig (`key`: a string or a callable resolved when a step needs it); flows get it
+from a Prefect Secret block (flows/executors.py), so nothing here imports Prefect.
+
 Each call runs one step through the `tao` launcher (TaoExecutor) with its launcher files (masked command line,
 mounts file, container-side spec, masked log) kept in a `tao/` directory beside the step's outputs, so they land in
 the content-addressed store with the results they explain. The data stage is not sent to TAO: taoflow writes its
@@ -21,26 +24,11 @@ from pathlib import Path
 from ... import gpus as G
 
 from ...errors import TaoflowError
+from ...store import code_version
 from .executor import TaoConfig, TaoExecutor
 from .launcher import TAO5
 from .model_json import write_tao_model_json
 from .steps import EvaluateRequest, ExportRequest, InferenceRequest, PruneRequest, TrainRequest
-
-
-def config_from(key_block=None, **overrides):
-    """A TaoConfig for a flow run: the model key from the Prefect Secret block named `key_block` when given
-    (loaded lazily, when a step needs it), else $TAO_MODEL_KEY; launcher, generation and docker from the
-    environment ($TAOFLOW_TAO_LAUNCHER, $TAOFLOW_TAO_GENERATION, $TAO_DOCKER_DISABLE)."""
-    key = None
-    if key_block:
-        def key():
-            from prefect.blocks.system import Secret
-            try:
-                return Secret.load(key_block).get()
-            except ValueError as e:  # Prefect: "Unable to find block document named ..."
-                raise TaoflowError(f"no Prefect Secret block named {key_block!r} holds the TAO model key: create "
-                                   f"one with `prefect block create secret` or set $TAO_MODEL_KEY ({e})") from None
-    return TaoConfig(key=key, **overrides)
 
 
 class TaoFlowExecutor:
@@ -51,6 +39,11 @@ class TaoFlowExecutor:
         self._generation = None
         self.gpus = gpus  # how many of the worker's GPUs a launcher call leases (0: let TAO choose)
         self.share_gpus = share_gpus
+
+    def code_version(self, _step):
+        """Digest of the code that runs TAO's steps and reads their outputs (part of every stage's cache key); the
+        container's own version is TAO's."""
+        return code_version("backends/tao", "backends/results.py")
 
     def _executor(self, where):
         return TaoExecutor(Path(where), self.config)
