@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends.results import WEIGHT_SUFFIXES
+from .contract.results import epoch_of, train_result
 from .errors import TaoflowError
 from .fsutil import write_text_atomic
 from .spec import load_dataset_export, load_experiment, render, rewrite_paths
@@ -433,13 +433,6 @@ def render_experiment(spec_path, tfrecords, split, out_path):
     return out_path, spec
 
 
-def _last_checkpoint(weights_dir):
-    """The highest-epoch checkpoint: .pth (native), .hdf5 (TAO 5) or .tlt (TAO 3/4)."""
-    ckpts = sorted((p for p in Path(weights_dir).glob("*_epoch_*.*") if p.suffix in WEIGHT_SUFFIXES),
-                   key=lambda p: int(re.findall(r"_epoch_(\d+)", p.name)[-1]))
-    return ckpts[-1] if ckpts else None
-
-
 def stage_train(store, cfg, tfrecords, split, executor, name="train", pruned=None):
     """Train (or retrain from a pruned model). Resumes from the last checkpoint of an interrupted attempt."""
     _, train_spec, retrain_spec = cfg.spec_paths()
@@ -452,31 +445,27 @@ def stage_train(store, cfg, tfrecords, split, executor, name="train", pruned=Non
     def produce(tmp, key):
         work = store.work_dir(name, key)  # survives a killed flow: the next run resumes here
         run_spec, spec = render_experiment(spec_path, tfrecords, split, work / "experiment_spec.txt")
-        last = _last_checkpoint(work / "results" / "weights")
+        done = train_result(work / "results")  # what an interrupted attempt left
+        last = done.last_checkpoint
         num_epochs = spec.effective.training_config.num_epochs
         resume_from, initial_epoch = None, 1
         if last is not None:
-            done = int(re.findall(r"_epoch_(\d+)", last.name)[-1])
-            resume_from, initial_epoch = last, done + 1
+            resume_from, initial_epoch = last, epoch_of(last) + 1
             log.info("resuming %s from %s (epoch %d of %d)", name, last.name, initial_epoch, num_epochs)
         if initial_epoch <= num_epochs:
             start_model = resume_from or (pruned_model_of(pruned) if pruned is not None else None)
-            executor.train(run_spec, work / "results", start_model, initial_epoch if resume_from else 1)
-        final = _last_checkpoint(work / "results" / "weights")
+            done = executor.train(run_spec, work / "results", start_model, initial_epoch if resume_from else 1)
+        if done.last_checkpoint is None or done.csv_file is None:
+            raise TaoflowError(f"{name} wrote no checkpoint or no training log in {work / 'results'}")
+        final, csv_name = done.last_checkpoint.name, done.csv_file.name
         shutil.copytree(work / "results", tmp / "results")
         shutil.copy2(run_spec, tmp / "experiment_spec.txt")
         shutil.rmtree(work, ignore_errors=True)
-        return {"checkpoint": f"results/weights/{final.name}", "resumed_from_epoch": initial_epoch if resume_from
-                else None, "history": _read_csv(next((tmp / "results").glob("ssd_training_log_*.csv")))}
+        # empty cells (epochs without validation) as NaN: "not measured", as the report's curves read them
+        history = [{k: math.nan if v is None else v for k, v in row.items()} for row in done.history]
+        return {"checkpoint": f"results/weights/{final}", "resumed_from_epoch": initial_epoch if resume_from
+                else None, "history": history, "training_log": f"results/{csv_name}"}
     return run_stage(store, name, material, produce)
-
-
-def _read_csv(path):
-    """Training CSV rows as floats; TAO leaves the AP/mAP cells of epochs without validation empty (NaN here)."""
-    import csv
-    with open(path, newline="") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
-                for row in csv.DictReader(f)]
 
 
 def checkpoint_of(stage):
@@ -497,7 +486,7 @@ def stage_evaluate(store, cfg, trained, executor, name="evaluate"):
     material = {"model": trained.key, "backend": executor.name, "code": executor.code_version("evaluate")}
 
     def produce(tmp, _key):
-        metrics = executor.evaluate(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained), tmp)
+        metrics = executor.evaluate(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained), tmp).metrics()
         write_text_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2))
         return {"metrics": metrics}
     return run_stage(store, name, material, produce)
@@ -508,8 +497,8 @@ def stage_prune(store, cfg, trained, executor):
                 "backend": executor.name, "code": executor.code_version("prune")}
 
     def produce(tmp, _key):
-        report = executor.prune(checkpoint_of(trained), tmp / "pruned.pth", cfg.prune_threshold, cfg.prune_criterion)
-        return {"prune": report}
+        pruned = executor.prune(checkpoint_of(trained), tmp / "pruned.pth", cfg.prune_threshold, cfg.prune_criterion)
+        return {"prune": {"model": Path(pruned.output).name, "ratio": pruned.ratio, "param_count": pruned.param_count}}
     return run_stage(store, "prune", material, produce)
 
 
@@ -520,9 +509,9 @@ def stage_export(store, cfg, trained, executor):
         material["format"] = executor.export_format
 
     def produce(tmp, _key):
-        written = executor.export(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained),
-                                  tmp / "model.onnx", cfg.export_precision)
-        return {"files": {k: os.path.relpath(v, tmp) for k, v in written.items()}}
+        exported = executor.export(Path(trained.path) / "experiment_spec.txt", checkpoint_of(trained),
+                                   tmp / "model.onnx", cfg.export_precision)
+        return {"files": {k: os.path.relpath(v, tmp) for k, v in exported.files.items()}}
     return run_stage(store, "export", material, produce)
 
 

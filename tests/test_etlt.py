@@ -206,8 +206,8 @@ def test_flow_executor_keeps_the_plain_onnx_for_the_parity_gate(tmp_path, monkey
 
     spec, ckpt = _untrained_checkpoint(tmp_path)
     monkeypatch.setenv("TAO_MODEL_KEY", KEY)
-    written = NativeExecutor(export_format="etlt").export(spec, ckpt, tmp_path / "out" / "model.onnx", "fp16")
-    assert {k: v.rsplit("/", 1)[-1] for k, v in written.items() if k in ("etlt", "onnx", "model_json")} == {
+    written = NativeExecutor(export_format="etlt").export(spec, ckpt, tmp_path / "out" / "model.onnx", "fp16").files
+    assert {k: v.name for k, v in written.items() if k in ("etlt", "onnx", "model_json")} == {
         "etlt": "model.etlt", "onnx": "model.onnx", "model_json": "model.json"}
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["model_file"] == "model.etlt"

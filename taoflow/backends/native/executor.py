@@ -1,4 +1,4 @@
-"""The native backend behind the interface the pipeline calls (the TAO backend offers the same methods).
+"""The native backend as the contract's Executor (taoflow.contract.executor), returning its typed results.
 
 GPU placement (taoflow.gpus): training, evaluation and inference each lease `gpus` of the worker's GPUs for their
 duration and run on the first of them (`cuda:<ordinal>`); no GPU on the machine, or `gpus=0`, runs on the CPU.
@@ -11,6 +11,7 @@ import numpy as np
 
 from ... import gpus as G
 from ...store import code_version
+from .. import results as R
 
 # The code each step's output depends on (taoflow.store.code_version paths): a change there invalidates that step's
 # stored results, and only those.
@@ -51,9 +52,10 @@ class NativeExecutor:
         from .evaluate import validation_fn
         from .train import train
         with self._lease("train") as placement:
-            return train(spec_path, results_dir, resume_model=resume_model, initial_epoch=initial_epoch,
-                         gpus=1 if placement else self.gpus, gpu_index=placement.ordinals or None,
-                         device=self.device, evaluate_fn=validation_fn)
+            train(spec_path, results_dir, resume_model=resume_model, initial_epoch=initial_epoch,
+                  gpus=1 if placement else self.gpus, gpu_index=placement.ordinals or None, device=self.device,
+                  evaluate_fn=validation_fn)
+        return R.train_result(results_dir)
 
     def evaluate(self, spec_path, model_path, out_dir):
         """AP per class and mAP as TAO reports them, plus PR curves saved for the report."""
@@ -67,24 +69,27 @@ class NativeExecutor:
               for name, (p, r) in metrics.pop("pr").items()}
         (Path(out_dir) / "pr_curves.json").write_text(json.dumps(pr))
         print(metrics.pop("table"))
-        return metrics
+        return R.evaluate_result(metrics=metrics)
 
     def prune(self, model_path, output, threshold, criterion):
         from .prune import prune_checkpoint
-        report = prune_checkpoint(model_path, output, threshold=threshold, equalization=criterion)
-        return {k: v for k, v in report.items() if k != "layers"}
+        return R.prune_result(report=prune_checkpoint(model_path, output, threshold=threshold,
+                                                      equalization=criterion))
 
     def export(self, spec_path, model_path, output, precision):
         from .export import export_onnx
         if self.export_format == "etlt":
             import os
             key = self._etlt_key() if callable(self._etlt_key) else self._etlt_key
-            return export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True,
-                               etlt_key=key or os.environ.get("TAO_MODEL_KEY") or "", keep_onnx=True)
-        return export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True)
+            written = export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True,
+                                  etlt_key=key or os.environ.get("TAO_MODEL_KEY") or "", keep_onnx=True)
+        else:
+            written = export_onnx(spec_path, model_path, output, data_type=precision, gen_ds_config=True)
+        return R.export_result(written=written)
 
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):
         from .inference import run_inference
         with self._lease("inference") as placement:
-            return run_inference(spec_path, model_path, image_dir, results_dir, threshold=threshold,
-                                 device=self._device(placement))
+            run_inference(spec_path, model_path, image_dir, results_dir, threshold=threshold,
+                          device=self._device(placement))
+        return R.inference_result(results_dir=results_dir)

@@ -74,12 +74,12 @@ class TaoFlowExecutor:
         return self._run(results_dir, request)
 
     def evaluate(self, spec_path, model_path, out_dir):
-        """{"AP_<class>": ..., "mAP": ...} parsed from TAO's printed table (no PR curves: TAO does not write them)."""
+        """AP per class and mAP parsed from TAO's printed table (no PR curves: TAO does not write them)."""
         result = self._run(out_dir, EvaluateRequest(model=Path(model_path), spec=Path(spec_path),
                                                              results_dir=Path(out_dir)))
         if result.map is None:
             raise TaoflowError(f"TAO's evaluate printed no mAP (log: {result.log})")
-        return {**{f"AP_{name}": ap for name, ap in result.ap.items()}, "mAP": result.map}
+        return result
 
     def prune(self, model_path, output, threshold, criterion):
         """Prune into `output`'s directory; TAO names the file (`.hdf5` on TAO 5, `.tlt` on TAO 3/4)."""
@@ -90,10 +90,10 @@ class TaoFlowExecutor:
             equalization_criterion=criterion, pruning_threshold=threshold))
         if result.output is None:
             raise TaoflowError(f"TAO's prune wrote no model (log: {result.log})")
-        return {"model": Path(result.output).name, "ratio": result.ratio, "param_count": result.param_count}
+        return result
 
     def export(self, spec_path, model_path, output, precision):
-        """Export next to `output` (TAO 5: .onnx, TAO 3/4: .etlt); returns {kind: path} of what TAO wrote."""
+        """Export next to `output` (TAO 5: .onnx, TAO 3/4: .etlt); `files` holds {kind: path} of what TAO wrote."""
         output = Path(output)
         if self.generation(output.parent) != TAO5:
             output = output.with_suffix(".etlt")
@@ -106,7 +106,8 @@ class TaoFlowExecutor:
                 written[kind] = str(getattr(result, kind))
         if "model_json" not in written:  # what a device needs to run it, as the native export describes its own
             written["model_json"] = str(write_tao_model_json(spec_path, result.model_file, precision, model_path))
-        return written
+            result = dataclasses.replace(result, model_json=Path(written["model_json"]))
+        return dataclasses.replace(result, files={kind: Path(path) for kind, path in written.items()})
 
     def infer(self, spec_path, model_path, image_dir, results_dir, threshold=0.3):
         results_dir = Path(results_dir)
