@@ -63,38 +63,28 @@ def deployed_map(status, name):
     return best, seen, unreachable
 
 
-def export_parity(spec_path, checkpoint, onnx_path, image_paths, rtol=1e-3, score_floor=0.05):
-    """The exported ONNX (ONNX Runtime) must give PyTorch's boxes and scores on held-out images.
+def export_parity(onnx_path, reference, rtol=1e-3, score_floor=0.05):
+    """The exported ONNX (ONNX Runtime) must give the training framework's boxes and scores on held-out images.
 
-    Not checkable here for TAO's own models (an encrypted .etlt, or a .tlt/.hdf5 checkpoint that only TAO's
-    TensorFlow loads): the gate then says so and does not block. Such models cannot be deployed by taoflow yet
-    (the package builder refuses them), so nothing unchecked reaches a device."""
+    reference(): (input batch, boxes, scores) of the executor's own model on those images
+    (Executor.reference_outputs), or a string saying why it cannot give them: TAO's own models (an encrypted .etlt,
+    or a .tlt/.hdf5 checkpoint that only TAO's TensorFlow loads). The gate then says so and does not block. Such
+    models are deployed with TAO's own inference labels as the device's expectations (the package builder)."""
     import onnxruntime as ort
-    import torch
-
-    from .backends.native.build import anchors_for
-    from .backends.native.evaluate import load_model_for, predict, preprocess, read_image
-    from .errors import TaoflowError
     name = "export parity"
     if Path(onnx_path).suffix != ".onnx":
         return {"name": name, "passed": True, "skipped": True,
                 "detail": f"not checked: {Path(onnx_path).name} is encrypted (TAO 3/4 .etlt)"}
-    try:
-        spec, model, arch = load_model_for(spec_path, checkpoint)
-    except TaoflowError as e:
-        if Path(checkpoint).suffix == ".pth":
-            raise
-        return {"name": name, "passed": True, "skipped": True,
-                "detail": f"not checked: {Path(checkpoint).name} is a TAO model ({e})"}
-    c, h, w = arch["input"]
-    batch = np.stack([preprocess(read_image(p), c, h, w, spec.image_mean()) for p in image_paths])
+    outputs = reference()
+    if isinstance(outputs, str):
+        return {"name": name, "passed": True, "skipped": True, "detail": f"not checked: {outputs}"}
+    batch, tb, ts = outputs
     ob, os_ = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"Input": batch})
-    tb, ts = predict(model, torch.from_numpy(batch), anchors_for(spec, arch["nlayers"]), spec.variances)
     relevant = ts[..., 1:].max(-1) > score_floor
     box_err = float(np.max(np.abs(ob[relevant] - tb[relevant]) / np.maximum(np.abs(tb[relevant]), 1e-2),
                            initial=0.0))
     score_err = float(np.max(np.abs(os_ - ts)))
     passed = box_err <= rtol and score_err <= rtol
     return {"name": "export parity", "passed": bool(passed),
-            "detail": f"{len(image_paths)} images: box rel err {box_err:.2e}, score abs err {score_err:.2e} "
+            "detail": f"{len(batch)} images: box rel err {box_err:.2e}, score abs err {score_err:.2e} "
                       f"(tolerance {rtol})"}

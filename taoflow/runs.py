@@ -45,12 +45,12 @@ def _report(stages, executor, run_dir, map_floor, parity_tolerance, class_counts
                               ("pruned", None, P.pruned_model_of(pruned)),
                               ("retrained", "evaluate_retrained", P.checkpoint_of(retrained))):
         metrics = stages[stage].meta["metrics"] if stage else {"mAP": float("nan")}
-        rows.append(dict(model=name, **R.model_stats(ckpt), **{k: v for k, v in metrics.items()
+        rows.append(dict(model=name, **executor.model_stats(ckpt), **{k: v for k, v in metrics.items()
                                                                if k == "mAP" or k.startswith("AP_")}))
     final_map = rows[-1]["mAP"]
     checks = [quality.map_floor(final_map, map_floor, per_class=_ap_of(rows[-1]), val_objects=class_counts),
-              quality.export_parity(spec, P.checkpoint_of(retrained), P.exported_model_of(exported),
-                                    val_images[:8], rtol=parity_tolerance)]
+              quality.export_parity(P.exported_model_of(exported), lambda: executor.reference_outputs(
+                  spec, P.checkpoint_of(retrained), val_images[:8]), rtol=parity_tolerance)]
     curves = R.training_curves({"train": trained.meta["history"], "retrain": retrained.meta["history"]},
                                run_dir / "training_curves.png")
     pr_file = Path(stages["evaluate_retrained"].path) / "pr_curves.json"  # TAO's evaluate writes none

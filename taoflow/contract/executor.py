@@ -35,6 +35,14 @@ class Executor(Protocol):
     def export(self, spec_path: Path, model_path: Path, output: Path, precision: str) -> ExportResult:
         """Export next to output (.onnx, or .etlt), with model.json and the DeepStream files."""
 
+    def model_stats(self, model_path: Path) -> dict:
+        """{"params", "gflops", "cpu_latency_ms"} of a model (None each where the host cannot load it), for the
+        report's model table."""
+
+    def reference_outputs(self, spec_path: Path, model_path: Path, image_paths: list):
+        """(input batch, boxes, scores) of the model in its training framework on these images, for the export
+        parity gate (taoflow.gates.export_parity); or a string saying why this executor cannot run it on the host."""
+
     def infer(self, spec_path: Path, model_path: Path, image_dir: Path, results_dir: Path,
               threshold: float = 0.3) -> InferenceResult:
         """KITTI labels with confidence (results_dir/labels) and annotated images (results_dir/images_annotated)."""

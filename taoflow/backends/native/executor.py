@@ -71,6 +71,54 @@ class NativeExecutor:
         print(metrics.pop("table"))
         return R.evaluate_result(metrics=metrics)
 
+    def reference_outputs(self, spec_path, model_path, image_paths):
+        """(input batch, decoded boxes, scores) of the PyTorch model on these images, as the export's parity gate
+        compares them with ONNX Runtime's; a string saying why not for a TAO model (.tlt/.hdf5)."""
+        import torch
+
+        from ...errors import TaoflowError
+        from .build import anchors_for
+        from .evaluate import load_model_for, predict, preprocess, read_image
+        try:
+            spec, model, arch = load_model_for(spec_path, model_path)
+        except TaoflowError as e:
+            if Path(model_path).suffix == ".pth":
+                raise
+            return f"{Path(model_path).name} is a TAO model ({e})"
+        c, h, w = arch["input"]
+        batch = np.stack([preprocess(read_image(p), c, h, w, spec.image_mean()) for p in image_paths])
+        boxes, scores = predict(model, torch.from_numpy(batch), anchors_for(spec, arch["nlayers"]), spec.variances)
+        return batch, boxes, scores
+
+    def model_stats(self, model_path, runs=10):
+        """Parameters, GFLOPs (multiply-accumulates) and CPU latency at batch 1 of a native checkpoint, for the
+        report's model table; None for each when the file is a TAO model (.tlt/.hdf5)."""
+        import time
+
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from ...errors import TaoflowError
+        from .checkpoint import build_from_checkpoint, load_checkpoint
+        try:
+            state = load_checkpoint(model_path)
+        except TaoflowError:
+            if Path(model_path).suffix == ".pth":
+                raise
+            return {"params": None, "gflops": None, "cpu_latency_ms": None}
+        model = build_from_checkpoint(state).eval()
+        c, h, w = state["arch"]["input"]
+        x = torch.zeros(1, c, h, w)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        with torch.no_grad():
+            model(x)
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                model(x)
+        return {"params": sum(p.numel() for p in model.parameters()), "gflops": counter.get_total_flops() / 2e9,
+                "cpu_latency_ms": 1000 * (time.perf_counter() - t0) / runs}
+
     def prune(self, model_path, output, threshold, criterion):
         from .prune import prune_checkpoint
         return R.prune_result(report=prune_checkpoint(model_path, output, threshold=threshold,

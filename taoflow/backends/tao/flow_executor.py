@@ -45,6 +45,14 @@ class TaoFlowExecutor:
         container's own version is TAO's."""
         return code_version("backends/tao", "backends/results.py")
 
+    def model_stats(self, model_path):
+        """Parameters, GFLOPs and CPU latency: unknown on the host for TAO's models (only its containers load them)."""
+        return {"params": None, "gflops": None, "cpu_latency_ms": None}
+
+    def reference_outputs(self, spec_path, model_path, image_paths):
+        """Why the export parity gate cannot compare TAO's model on the host: only TAO's containers load it."""
+        return f"{Path(model_path).name} is a TAO model, which only TAO's TensorFlow loads"
+
     def _executor(self, where):
         return TaoExecutor(Path(where), self.config)
 
