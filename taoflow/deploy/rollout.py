@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DeployError
@@ -98,13 +99,26 @@ def waves_of(names, size):
     return [names[i:i + size] for i in range(0, len(names), size)]
 
 
+@dataclass(frozen=True)
+class RolloutOptions:
+    """How one rollout runs (arollout's keyword arguments, checked)."""
+    concurrency: int  # devices worked on at once
+    wave_size: int  # devices per fan-out wave and group
+    abort_threshold: float  # fraction of a wave that may fail without stopping the rollout
+    keep: int  # versions kept on each device
+    smoke_iterations: int
+    tolerance: float  # confidence tolerance of the smoke test's detections against the host's
+    engine_dir: str  # where fetched engines are kept
+    etlt_key: object = field(repr=False)  # the .etlt key (sent on stdin only; never in a repr), or None
+
+
 class _Rollout:
-    def __init__(self, devices, package, name, version, options, on_event):
+    def __init__(self, devices, package, name, version, options: RolloutOptions, on_event):
         self.by_name = {d.name: d for d in devices}
         self.package, self.name, self.version = package, name, version
         self.o = options
         self.on_event = on_event
-        self.limit = asyncio.Semaphore(max(1, int(options["concurrency"])))
+        self.limit = asyncio.Semaphore(max(1, int(options.concurrency)))
         self.abort = asyncio.Event()
         self.switched = []  # devices this rollout made run `version`, in switch order
         # Carried by every activation of this rollout; fenced on a device before the host reverts it or reports it
@@ -140,7 +154,7 @@ class _Rollout:
             except DeployError:
                 await self.release(device.name, abort=True)
                 raise
-        return await for_each(devices, probe, self.o["concurrency"])
+        return await for_each(devices, probe, self.o.concurrency)
 
     async def release(self, n, abort=False):
         session = self.sessions.pop(n, None)
@@ -236,7 +250,7 @@ class _Rollout:
             else:
                 able.append(n)
         tags = {n: self.by_name[n].tags for n in able}
-        canary, build_problems = choose_canary(able, probes, self.package, self.o["etlt_key"], tags)
+        canary, build_problems = choose_canary(able, probes, self.package, self.o.etlt_key, tags)
         try:
             if canary is None:
                 g.status = "refused"
@@ -283,21 +297,21 @@ class _Rollout:
         engine = None
         if group.key.get("runtime") == "tensorrt":
             try:
-                dest = Path(self.o["engine_dir"]) / f"{g.id}-{self.version}.engine"
+                dest = Path(self.o.engine_dir) / f"{g.id}-{self.version}.engine"
                 engine = await afetch_engine(self.by_name[canary], self.name, self.version, dest)
             except DeployError as e:
                 return self.stop(g, pending, "stopped", f"not deployed: the canary's engine could not be fetched "
                                                         f"({e.reason})")
             g.engine_sha256 = engine[1]
-        for k, wave in enumerate(waves_of(pending, self.o["wave_size"]), 1):
+        for k, wave in enumerate(waves_of(pending, self.o.wave_size), 1):
             if self.abort.is_set():
                 return self.stop(g, pending, "aborted", f"not deployed: rollout aborted ({self.report.aborted})")
             pending = pending[len(wave):]
             ok = await asyncio.gather(*(self.deploy(n, g, k, build=False, engine=engine) for n in wave))
             failed = ok.count(False)
-            if failed / len(wave) > self.o["abort_threshold"] and not self.abort.is_set():
+            if failed / len(wave) > self.o.abort_threshold and not self.abort.is_set():
                 self.report.aborted = (f"wave {k} of group {g.id} ({g.label}): {failed} of {len(wave)} devices "
-                                       f"failed, above the abort threshold {self.o['abort_threshold']:g}")
+                                       f"failed, above the abort threshold {self.o.abort_threshold:g}")
                 self.abort.set()
                 self.event("abort", group=g.id, wave=k, error=self.report.aborted)
         states = {self.report.devices[n].status for n in everyone}
@@ -331,10 +345,10 @@ class _Rollout:
 
     def canary_check(self, g):
         def check(device, smoke):
-            g.agreement = compare_detections(self.expected, smoke.get("images") or {}, self.o["tolerance"])
+            g.agreement = compare_detections(self.expected, smoke.get("images") or {}, self.o.tolerance)
             if not g.agreement["passed"]:
                 raise DeployError(f"canary detections disagree with the host's beyond the tolerance "
-                                  f"{self.o['tolerance']:g}: {g.agreement['problems'][0]}", device.name)
+                                  f"{self.o.tolerance:g}: {g.agreement['problems'][0]}", device.name)
         return check
 
     async def deploy(self, n, g, wave, build, engine=None, verify=None, on_step=None):
@@ -346,8 +360,8 @@ class _Rollout:
             async with self.limit:
                 result = await adeploy_to_device(
                     self.by_name[n], self.package, name=self.name, version=self.version, wave=wave,
-                    keep=self.o["keep"], build=build, engine=engine, etlt_key=self.o["etlt_key"],
-                    smoke_iterations=self.o["smoke_iterations"], verify=verify, on_step=on_step,
+                    keep=self.o.keep, build=build, engine=engine, etlt_key=self.o.etlt_key,
+                    smoke_iterations=self.o.smoke_iterations, verify=verify, on_step=on_step,
                     session=self.sessions.get(n), rollout=self.token, previous=out.previous,
                     staged=n in self.staged)
         except DeployError as e:
@@ -449,11 +463,11 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
     raise_open_file_limit(2 * len(devices) + 256)  # a connection per device, plus files and the event loop
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="taoflow-engines-") as tmp:
-        options = {"concurrency": concurrency, "wave_size": max(1, int(wave_size or concurrency)),
-                   "abort_threshold": abort_threshold, "keep": keep, "etlt_key": etlt_key,
-                   "smoke_iterations": smoke_iterations, "tolerance": confidence_tolerance,
-                   "engine_dir": engine_dir or tmp}
-        Path(options["engine_dir"]).mkdir(parents=True, exist_ok=True)
+        options = RolloutOptions(concurrency=concurrency, wave_size=max(1, int(wave_size or concurrency)),
+                                 abort_threshold=abort_threshold, keep=keep, etlt_key=etlt_key,
+                                 smoke_iterations=smoke_iterations, tolerance=confidence_tolerance,
+                                 engine_dir=str(engine_dir or tmp))
+        Path(options.engine_dir).mkdir(parents=True, exist_ok=True)
         run = _Rollout(devices, package, name, version, options, on_event)
         try:
             if probes is None:
