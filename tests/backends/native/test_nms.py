@@ -1,6 +1,5 @@
 """NMS with TensorRT NMS-plugin semantics, its output layout, and the parser of that layout."""
 
-import time
 
 import numpy as np
 import pytest
@@ -154,26 +153,21 @@ def test_bad_arguments():
         nms_plugin(boxes, scores[:, :, :1], 0.1, 0.5, 2, 2)
 
 
-def test_speed_on_ssd300_anchor_count():
-    # 11,658 anchors (resnet18 SSD at 300x300), 3 classes + background, TAO's topK 400 / keepTopK 200.
+def test_full_size_inputs_keep_keep_top_k_in_score_order():
+    # 11,658 anchors (resnet18 SSD at 300x300), 3 classes + background, TAO's topK 400 / keepTopK 200. (Its speed is
+    # a benchmark's concern, not a test's: bench/detect.py measures the device's post-processing.)
     rng = np.random.default_rng(0)
     n_anchors = 11658
     centre, size = rng.random((1, n_anchors, 2)), rng.random((1, n_anchors, 2)) * 0.3
     boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=-1).astype(np.float32)
     logits = rng.normal(0, 2, (1, n_anchors, 4))
     scores = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
-    nms_plugin(boxes, scores, 0.01, 0.6, 400, 200)
-    start = time.perf_counter()
     nms, keep = nms_plugin(boxes, scores, 0.01, 0.6, 400, 200)
-    elapsed = time.perf_counter() - start
     assert int(keep[0, 0, 0, 0]) == 200
     assert np.all(np.diff(nms[0, 0, :, 2]) <= 0)
-    assert elapsed < 0.5  # about 10 ms on a laptop core; generous for loaded CI machines
     # TAO's Keras path on an untrained model: every anchor over 0.01 is a candidate of every class.
     flat = np.full_like(scores, 0.25)
-    start = time.perf_counter()
     nms, keep = nms_plugin(boxes, flat, 0.01, 0.6, None, 200)
-    assert time.perf_counter() - start < 2.0
     assert int(keep[0, 0, 0, 0]) == 200
 
 
