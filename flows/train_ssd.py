@@ -32,13 +32,13 @@ def _v(x):
 
 
 @stage_task(name="convert", task_run_name="convert-{source.name}")
-def convert(cfg, source):
-    return _done(P.stage_convert(Store(cfg.workspace), cfg, source))
+def convert(store, cfg, source):
+    return _done(P.stage_convert(store, cfg, source))
 
 
 @stage_task(name="merge")
-def merge(cfg, sources, converted):
-    return _done(P.stage_merge(Store(cfg.workspace), cfg, list(zip(sources, converted))))
+def merge(store, cfg, sources, converted):
+    return _done(P.stage_merge(store, cfg, list(zip(sources, converted))))
 
 
 @stage_task(name="coverage")
@@ -52,46 +52,44 @@ def coverage(cfg, split_result):
 
 
 @stage_task(name="split")
-def split(cfg, converted):
-    return _done(P.stage_split(Store(cfg.workspace), cfg, converted))
+def split(store, cfg, converted):
+    return _done(P.stage_split(store, cfg, converted))
 
 
 @stage_task(name="tfrecords")
-def tfrecords(cfg, split_result, sources=None):
-    return _done(P.stage_tfrecords(Store(cfg.workspace), cfg, split_result, sources))
+def tfrecords(store, cfg, split_result, sources=None):
+    return _done(P.stage_tfrecords(store, cfg, split_result, sources))
 
 
 @stage_task(name="train")
-def train(cfg, records, split_result, backend):
-    return _done(P.stage_train(Store(cfg.workspace), cfg, records, split_result, executor_for(backend, cfg)))
+def train(store, cfg, records, split_result, executor):
+    return _done(P.stage_train(store, cfg, records, split_result, executor))
 
 
 @stage_task(name="evaluate")
-def evaluate(cfg, trained, backend, name):
-    return _done(P.stage_evaluate(Store(cfg.workspace), cfg, trained, executor_for(backend, cfg), name))
+def evaluate(store, cfg, trained, executor, name):
+    return _done(P.stage_evaluate(store, cfg, trained, executor, name))
 
 
 @stage_task(name="prune")
-def prune(cfg, trained, backend):
-    return _done(P.stage_prune(Store(cfg.workspace), cfg, trained, executor_for(backend, cfg)))
+def prune(store, cfg, trained, executor):
+    return _done(P.stage_prune(store, cfg, trained, executor))
 
 
 @stage_task(name="retrain")
-def retrain(cfg, records, split_result, pruned, backend):
-    return _done(P.stage_train(Store(cfg.workspace), cfg, records, split_result, executor_for(backend, cfg),
-                               name="retrain", pruned=pruned))
+def retrain(store, cfg, records, split_result, pruned, executor):
+    return _done(P.stage_train(store, cfg, records, split_result, executor, name="retrain", pruned=pruned))
 
 
 @stage_task(name="export")
-def export(cfg, retrained, backend, export_format="onnx"):
-    return _done(P.stage_export(Store(cfg.workspace), cfg, retrained, executor_for(backend, cfg, export_format)))
+def export(store, cfg, retrained, executor):
+    return _done(P.stage_export(store, cfg, retrained, executor))
 
 
 @stage_task(name="report")
-def build_report(cfg, stages, backend, map_floor, parity_tolerance, class_counts=None):
+def build_report(store, stages, executor, map_floor, parity_tolerance, class_counts=None):
     """Inference grid, model comparison, gates and curves (taoflow.runs.stage_report)."""
-    rep = runs.stage_report(Store(cfg.workspace), stages, executor_for(backend, cfg), map_floor, parity_tolerance,
-                            class_counts)
+    rep = runs.stage_report(store, stages, executor, map_floor, parity_tolerance, class_counts)
     return Completed(data=rep, name="Cached", message=f"reused report {rep['key']}") if rep["cached"] else rep
 
 
@@ -142,25 +140,26 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
                       prune_criterion=prune_criterion, export_precision=export_precision,
                       tfrecords_spec=tfrecords_spec, train_spec=train_spec, retrain_spec=retrain_spec,
                       tao_key_block=tao_key_block, extra_datasets=extra_datasets, gpus=gpus, share_gpus=share_gpus)
+    store, executor = Store(cfg.workspace), executor_for(backend, cfg)
     tracking = runs.RunTracking(ws, cfg, backend, enabled=clearml)
     try:
         # every dataset its own conversion; several are merged into one before the split (extra_datasets)
         sources = P.dataset_sources(cfg)
-        converted = [_v(convert(cfg, s)) for s in sources]
+        converted = [_v(convert(store, cfg, s)) for s in sources]
         stages = {("convert" if i == 0 else f"convert:{s.name}"): c for i, (s, c) in enumerate(zip(sources, converted))}
         if len(sources) > 1:
-            stages["merge"] = _v(merge(cfg, sources, converted))
-        stages["split"] = _v(split(cfg, stages.get("merge", stages["convert"])))
+            stages["merge"] = _v(merge(store, cfg, sources, converted))
+        stages["split"] = _v(split(store, cfg, stages.get("merge", stages["convert"])))
         class_counts = _v(coverage(cfg, stages["split"]))  # before any training: every class in both sides
-        stages["tfrecords"] = _v(tfrecords(cfg, stages["split"], [s.name for s in sources] if len(sources) > 1
-                                           else None))
-        stages["train"] = _v(train(cfg, stages["tfrecords"], stages["split"], backend))
-        stages["evaluate"] = _v(evaluate(cfg, stages["train"], backend, "evaluate"))
-        stages["prune"] = _v(prune(cfg, stages["train"], backend))
-        stages["retrain"] = _v(retrain(cfg, stages["tfrecords"], stages["split"], stages["prune"], backend))
-        stages["evaluate_retrained"] = _v(evaluate(cfg, stages["retrain"], backend, "evaluate_retrained"))
-        stages["export"] = _v(export(cfg, stages["retrain"], backend, export_format))
-        rep = _v(build_report(cfg, stages, backend, map_floor, parity_tolerance, class_counts))
+        stages["tfrecords"] = _v(tfrecords(store, cfg, stages["split"], [s.name for s in sources]
+                                           if len(sources) > 1 else None))
+        stages["train"] = _v(train(store, cfg, stages["tfrecords"], stages["split"], executor))
+        stages["evaluate"] = _v(evaluate(store, cfg, stages["train"], executor, "evaluate"))
+        stages["prune"] = _v(prune(store, cfg, stages["train"], executor))
+        stages["retrain"] = _v(retrain(store, cfg, stages["tfrecords"], stages["split"], stages["prune"], executor))
+        stages["evaluate_retrained"] = _v(evaluate(store, cfg, stages["retrain"], executor, "evaluate_retrained"))
+        stages["export"] = _v(export(store, cfg, stages["retrain"], executor_for(backend, cfg, export_format)))
+        rep = _v(build_report(store, stages, executor, map_floor, parity_tolerance, class_counts))
         passport = runs.model_passport(stages)
         tracking.start(stages, rep, passport)
         model_file = P.exported_model_of(stages["export"])  # .onnx, or TAO 3/4's .etlt
