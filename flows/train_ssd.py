@@ -106,6 +106,25 @@ def against_fleet(inventory, tags, model_name, map_value, max_drop):
     return quality.no_regression(map_value, best, max_drop, where)
 
 
+def publish(markdown, rows):
+    """The report and the model table as artifacts of the flow run (Prefect's UI shows them with the run)."""
+    create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
+    create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+                          key="model-comparison", description="unpruned/pruned/retrained")
+
+
+def deploy(stages, rep, passport, inventory, tags, model_name, workspace, tao_key_block, etlt_devices):
+    """Ship a model that passed its gates with deploy-ssd (a subflow): the val images are the smoke samples, and
+    TAO's inference labels of them the smoke expectations for TAO's own export (a native export's are computed on
+    the host from the exported model itself)."""
+    from flows.deploy_ssd import deploy_ssd
+    return deploy_ssd(export_dir=stages["export"].path, inventory=inventory,
+                      sample_images=str(Path(stages["split"].path) / "out" / "val" / "image"), model_name=model_name,
+                      passport=passport, tags=tags, workspace=str(workspace),
+                      reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"),
+                      tao_key_block=tao_key_block, etlt_devices=etlt_devices)
+
+
 @flow(name="train-ssd", log_prints=True)
 def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
               dataset_path: str = "workspace/raw/crpd_demo",
@@ -169,28 +188,15 @@ def train_ssd(dataset_kind: Literal["crpd", "kitti"] = "crpd",
             rep["gates"].append(against_fleet(deploy_inventory, deploy_tags, model_name,
                                               passport["metrics"]["mAP"], max_map_drop))
         run_dir = runs.run_dir_of(ws, passport)
-        markdown = runs.write_run(run_dir, passport, rep, model_file, class_counts)
-        create_markdown_artifact(markdown, key="train-ssd-report", description="train-ssd run report")
-        create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                               for r in rep["rows"]], key="model-comparison", description="unpruned/pruned/retrained")
+        publish(runs.write_run(run_dir, passport, rep, model_file, class_counts), rep["rows"])
         tracking.log(stages, rep, passport, run_dir, model_file)
         gates_ok = all(g["passed"] for g in rep["gates"])
-        deployed = None
         if not gates_ok:
             get_run_logger().warning("gates failed, not deploying: %s", [g for g in rep["gates"] if not g["passed"]])
-        elif deploy_inventory:
-            from flows.deploy_ssd import deploy_ssd
-            # TAO's inference labels of the val images: the smoke expectations for TAO's own export (a native
-            # export's are computed on the host from the exported model itself)
-            deployed = deploy_ssd(export_dir=stages["export"].path, inventory=deploy_inventory,
-                                  sample_images=str(Path(stages["split"].path) / "out" / "val" / "image"),
-                                  model_name=model_name, passport=passport, tags=deploy_tags, workspace=str(ws),
-                                  reference_labels=str(Path(rep["path"]) / rep["inference"] / "labels"),
-                                  tao_key_block=tao_key_block, etlt_devices=etlt_devices)
+        deployed = deploy(stages, rep, passport, deploy_inventory, deploy_tags, model_name, ws, tao_key_block,
+                          etlt_devices) if gates_ok and deploy_inventory else None
     except BaseException:
         tracking.failed()  # a failed run is tracked too: its parameters and specs
         raise
-    return {"passport": passport, "map": passport["metrics"]["mAP"], "gates": rep["gates"], "gates_passed": gates_ok,
-            "stages": {k: {"key": v.key, "cached": v.cached, "seconds": v.seconds} for k, v in stages.items()},
-            "model": str(model_file), "report": str(run_dir / runs.REPORT_FILE), "classes": class_counts,
-            "run_dir": str(run_dir), "deployed": deployed, **tracking.close()}
+    return dict(runs.summary(passport, rep, stages, model_file, run_dir, class_counts), deployed=deployed,
+                **tracking.close())

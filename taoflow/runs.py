@@ -91,6 +91,15 @@ def write_run(run_dir, passport, report, model_file, class_counts=None):
     return markdown
 
 
+def summary(passport, report, stages, model_file, run_dir, class_counts=None):
+    """What a train-ssd run returns (the flow adds `deployed` and the ClearML task)."""
+    return {"passport": passport, "map": passport["metrics"]["mAP"], "gates": report["gates"],
+            "gates_passed": all(g["passed"] for g in report["gates"]),
+            "stages": {k: {"key": v.key, "cached": v.cached, "seconds": v.seconds} for k, v in stages.items()},
+            "model": str(model_file), "report": str(run_dir / REPORT_FILE), "classes": class_counts,
+            "run_dir": str(run_dir)}
+
+
 def recorded_tracking(passport_file):
     """The `tracking` record ({clearml_task}) an earlier run wrote into this passport, or None."""
     try:
