@@ -6,7 +6,8 @@ inference; every TAO launcher call) leases `count` of those GPUs for its duratio
 `<lock dir>/gpu-<id>.lock`, the lock dir being per machine and on local disk ($TAOFLOW_GPU_LOCK_DIR, default
 /tmp/taoflow-gpu-leases). flock is released by the kernel when a run dies, so a crashed run never keeps a GPU. A step
 that finds all of them leased waits for one; `share=True` takes the first `count` without leasing (runs asked to
-share a GPU). A machine with no GPU gives an empty placement: the step runs on the CPU.
+share a GPU). A machine with no GPU gives an empty placement: the step runs on the CPU. A multi-GPU training run
+(`taoflow-ssd train --gpus N`) takes one GPU per rank from the same list (training_placement).
 
 Ids are physical (nvidia-smi's, what `docker --gpus device=` and TAO's `--gpu_index` mean); `ordinals` are the same
 GPUs as this process's CUDA numbers them (their position in $CUDA_VISIBLE_DEVICES when that is set), which is what
@@ -164,3 +165,22 @@ def lease(count=1, share=False, env=None, what="", poll_s=1.0, timeout=None):
     finally:
         for fd in held.values():
             os.close(fd)
+
+
+def training_placement(count, env=None):
+    """The GPUs of an N-process training run, one per rank in rank order: the first `count` of machine_gpus().
+
+    A machine without GPUs gives an empty Placement (the ranks run on the CPU and talk over gloo); a machine with
+    fewer GPUs than ranks is bad input, as in TAO's launcher (two ranks never share a GPU: NCCL refuses it)."""
+    env = os.environ if env is None else env
+    if count < 1:
+        raise TaoflowError(f"--gpus must be 1 or more for a multi-process run, got {count}")
+    candidates = machine_gpus(env)
+    if not candidates:
+        return Placement()
+    if count > len(candidates):
+        raise TaoflowError(f"--gpus {count} needs {count} GPUs, but only {len(candidates)} "
+                           f"{'is' if len(candidates) == 1 else 'are'} visible ({','.join(candidates)}; "
+                           f"${GPUS_ENV}, CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    chosen = candidates[:count]
+    return Placement(chosen, ordinals_of(chosen, env))

@@ -3,6 +3,8 @@
 `taoflow-ssd train -e spec.txt -r results -k KEY` accepts the same arguments as TAO 5's `ssd train` (and so works
 when the TAO launcher runs it as `ssd train ...` with TAO_DOCKER_DISABLE=1). The entrypoint wrapper's options
 (--gpus, --gpu_index, --use_amp, --log_file, -np) are accepted by every task, as TAO's entrypoint does.
+`train --gpus N` (N > 1) runs N processes, one per GPU (launch.py); rank 0 alone logs (INFO and, with -v, DEBUG;
+the other ranks only warnings and errors, prefixed with their rank) and writes --log_file.
 `-k` is accepted everywhere for compatibility; native artifacts are plain PyTorch/ONNX files and are NOT encrypted.
 """
 
@@ -109,12 +111,21 @@ def build_parser():
     return parser
 
 
+def _rank():
+    """(rank, world size) of a multi-process training rank, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
+
+
 def _setup_logging(args):
+    rank, world = _rank()
     handlers = [logging.StreamHandler(sys.stderr)]
-    if getattr(args, "log_file", None):
+    if getattr(args, "log_file", None) and rank == 0:
         handlers.append(logging.FileHandler(args.log_file))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, handlers=handlers, force=True,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s" if world == 1 else
+                        f"%(asctime)s [%(levelname)s] [rank {rank}/{world}] %(name)s: %(message)s")
 
 
 def _check_spec(args):
@@ -206,6 +217,8 @@ def _validate(args):
         raise TaoflowError(f"--gpus must be 0 or more, got {args.gpus}")
     if args.gpu_index is not None and any(i < 0 for i in args.gpu_index):
         raise TaoflowError(f"--gpu_index takes GPU indices (0 or more), got {args.gpu_index}")
+    if args.task == "train" and _launches_ranks(args):
+        _rank_placement(args)  # this machine has the GPUs, before anything is read
     if args.task == "train":
         spec = load_experiment(args.experiment_spec_file, task="train")
         from ...spec.experiment import check_native
@@ -269,23 +282,43 @@ def _validate(args):
         _check_positive(args, "batches", "batch_size", "max_batch_size", "min_batch_size", "opt_batch_size")
 
 
-def run(args):
+def _launches_ranks(args):
+    """This is the command a user ran with --gpus N > 1 (not one of the ranks it starts)."""
+    return args.gpus > 1 and "WORLD_SIZE" not in os.environ
+
+
+def _rank_placement(args):
+    """The GPUs of the N ranks (taoflow.gpus.training_placement); --gpu_index names them as in TAO's launcher."""
+    from ...gpus import GPUS_ENV, training_placement
+    env = os.environ
+    if args.gpu_index is not None:
+        if len(set(args.gpu_index)) != args.gpus:
+            raise TaoflowError(f"--gpus {args.gpus} needs as many distinct --gpu_index values, got {args.gpu_index}")
+        env = {k: v for k, v in os.environ.items() if k != GPUS_ENV}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(set(args.gpu_index)))
+    return training_placement(args.gpus, env)
+
+
+def run(args, argv=None):
+    """argv: the command line (what the ranks of a multi-GPU training run again); default sys.argv[1:]."""
     if args.task == "dataset_convert":
         from ...datasets.tfrecords import run_cli
         return run_cli(args)
     _check_spec(args)
     _validate(args)
-    if args.gpu_index is not None:
+    if args.task == "train" and _launches_ranks(args):
+        from .launch import run_ranks
+        return run_ranks([str(a) for a in (sys.argv[1:] if argv is None else argv)], args.gpus,
+                         _rank_placement(args))
+    if args.gpu_index is not None and "WORLD_SIZE" not in os.environ:  # a rank's GPUs are set by its launcher
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in args.gpu_index)
-    if args.task == "train" and args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch_distributed(args.gpus)
     if args.task == "train":
         from .train import train
         from .evaluate import validation_fn
         result = train(args.experiment_spec_file, args.results_dir, resume_model=args.resume_model_weights,
                        initial_epoch=args.initial_epoch, gpus=args.gpus, use_amp=args.use_amp,
                        evaluate_fn=validation_fn)
-        if result["checkpoint"]:  # rank 0 only under DDP
+        if result["checkpoint"]:  # rank 0 only in a multi-GPU run
             print(f"Training finished; last checkpoint: {result['checkpoint']}")
         return 0
     if args.task == "evaluate":
@@ -303,33 +336,40 @@ def run(args):
     raise AssertionError(args.task)
 
 
-def _relaunch_distributed(gpus):
-    """`--gpus N`: run this same command under torchrun with N processes (TAO used mpirun the same way)."""
-    import subprocess
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "taoflow.backends.native", *sys.argv[1:]]
-    return subprocess.call(cmd)
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    rank, world = _rank()
+    if world == 1:
+        return _run_reporting_errors(args, argv, "error: ")
+    from .launch import watch_launcher
+    watch_launcher()
+    code = _run_reporting_errors(args, argv, f"error: [rank {rank}/{world}] ")
+    if code:  # a failed rank leaves at once: its process group's threads would abort the interpreter's exit
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    return code
+
+
+def _run_reporting_errors(args, argv, prefix):
+    """run(), every error one line starting with `prefix`; returns the exit code."""
     try:
-        return run(args) or 0
+        return run(args, argv) or 0
     except TaoflowError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a path that cannot be read, created or written
         from ...cli import BAD_PATH_ERRNOS, os_error_message
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        print(f"{prefix}{os_error_message(e)}", file=sys.stderr)
         return 2 if e.errno in BAD_PATH_ERRNOS else 1
     except Exception as e:  # noqa: BLE001 - a bug: one line (the traceback with -v), and a failed run's exit 1
         logging.getLogger("taoflow").debug("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(e).__name__}: {e} (a bug in taoflow; rerun with -v for the traceback)",
+        print(f"{prefix}unexpected {type(e).__name__}: {e} (a bug in taoflow; rerun with -v for the traceback)",
               file=sys.stderr)
         return 1
 

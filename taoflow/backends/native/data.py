@@ -166,6 +166,43 @@ def load_training_data(dataset_config, cache_hw, channels=3, workers=None):
                               include_difficult, workers)
 
 
+class EpochSampler:
+    """Which training images this rank takes in each epoch, and the generator that augments them; the contract of
+    torch's DistributedSampler (drop_last=False).
+
+    set_epoch(e) shuffles the N images with a generator seeded by (seed, e): the same order on every rank. With
+    several ranks the order is padded by repeating its start to a multiple of the world size and rank r takes every
+    world-th image from position r, so the shards are disjoint (but for at most world - 1 repeated images), hold
+    every image between them and are equally long: every rank runs ceil(ceil(N / world) / batch) steps, which is
+    TAO's ceil(N / batch / world), and no rank waits in a collective for a step another never takes. A rank draws its
+    augmentation from its own generator (seed, e, world, rank), so two ranks never crop alike; one process keeps the
+    shuffling generator for it, as training did before it was sharded (single-process results are unchanged).
+    """
+
+    def __init__(self, n, seed, rank=0, world=1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} ranks")
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.indices, self.rng = None, None
+
+    def __len__(self):
+        return -(-self.n // self.world)
+
+    def set_epoch(self, epoch):
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n)
+        if self.world > 1:
+            order = np.resize(order, len(self) * self.world)[self.rank::self.world]
+            rng = np.random.default_rng([self.seed, epoch, self.world, self.rank])
+        self.indices, self.rng = order, rng
+
+    def steps(self, batch_size):
+        return -(-len(self) // batch_size)
+
+    def batch(self, step, batch_size):
+        return self.indices[step * batch_size:(step + 1) * batch_size]
+
+
 def sample_views(rng, boxes_list, aug):
     """Choose each image's view as a window in image-normalised coordinates (beyond [0,1] when zooming out).
 

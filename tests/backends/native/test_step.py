@@ -84,7 +84,6 @@ def test_compile_choice(monkeypatch):
     monkeypatch.delenv("TAOFLOW_COMPILE", raising=False)
     assert not S.compile_wanted(torch.device("cpu"))
     assert S.compile_wanted(torch.device("cuda"))
-    assert not S.compile_wanted(torch.device("cuda"), world=2)
     monkeypatch.setenv("TAOFLOW_COMPILE", "0")
     assert not S.compile_wanted(torch.device("cuda"))
     monkeypatch.setenv("TAOFLOW_COMPILE", "1")
