@@ -61,18 +61,18 @@ def _agent_bundle(path, mtimes):
     return local, digest
 
 
-_checked = {"at": -1.0, "bundle": None}
+_checked = {"at": -1.0, "bundle": None, "source": None}
 RECHECK_SECONDS = 2.0  # a rollout asks several times per device; the sources are looked at again after this
 
 
 def agent_bundle():
     """(local path, sha256) of this checkout's agent as one zip application. The sources' times are read again
     when RECHECK_SECONDS have passed, not on every call (five per device in a rollout, about 5% of its host CPU)."""
-    now = time.monotonic()
-    if _checked["bundle"] is None or now - _checked["at"] > RECHECK_SECONDS:
+    now, source = time.monotonic(), os.environ.get("TAOFLOW_AGENT_DIR")
+    if _checked["bundle"] is None or _checked["source"] != source or now - _checked["at"] > RECHECK_SECONDS:
         path = agent_dir()
         _checked["bundle"] = _agent_bundle(str(path), tuple(p.stat().st_mtime_ns for p in sorted(path.glob("*.py"))))
-        _checked["at"] = now
+        _checked["at"], _checked["source"] = now, source
     return _checked["bundle"]
 
 
