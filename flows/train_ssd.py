@@ -22,9 +22,11 @@ stage_task = task(cache_policy=NO_CACHE)
 
 
 def _done(result):
-    """A reused stage ends in a Completed state named Cached, so Prefect (UI, API) shows it did no work."""
-    return Completed(data=result, name="Cached", message=f"reused {result.stage} {result.key}") \
-        if result.cached else result
+    """A reused stage (a StageResult, or the report's dict) ends in a Completed state named Cached, so Prefect (UI,
+    API) shows it did no work."""
+    stage, key, cached = (("report", result["key"], result["cached"]) if isinstance(result, dict)
+                          else (result.stage, result.key, result.cached))
+    return Completed(data=result, name="Cached", message=f"reused {stage} {key}") if cached else result
 
 
 def _v(x):
@@ -89,8 +91,7 @@ def export(store, cfg, retrained, executor):
 @stage_task(name="report")
 def build_report(store, stages, executor, map_floor, parity_tolerance, class_counts=None):
     """Inference grid, model comparison, gates and curves (taoflow.runs.stage_report)."""
-    rep = runs.stage_report(store, stages, executor, map_floor, parity_tolerance, class_counts)
-    return Completed(data=rep, name="Cached", message=f"reused report {rep['key']}") if rep["cached"] else rep
+    return _done(runs.stage_report(store, stages, executor, map_floor, parity_tolerance, class_counts))
 
 
 @stage_task(name="gate-vs-fleet")
