@@ -3,6 +3,7 @@ planted in the environment (they must reach no file), and every variable taoflow
 afterwards. Import the `offline_clearml` fixture into a test module to use it."""
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -27,7 +28,14 @@ def offline_clearml(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     for name, value in PLANTED.items():
         monkeypatch.setenv(name, value)
-    return dict(PLANTED)
+    yield dict(PLANTED)
+    # A test that failed before closing its task would leave it as the process's current task, and the next
+    # Task.init would return it (writing into that test's workspace): close it here.
+    if "clearml" in sys.modules:
+        from clearml import Task
+        task = Task.current_task()
+        if task is not None:
+            task.close()
 
 
 def session_contents(zip_path):
