@@ -155,7 +155,7 @@ def run(tmp_path):
     return Run(tmp_path)
 
 
-# -- run_stage ------------------------------------------------------------------------------------------------------
+# -- run_stage ---------------------------------------------------------------------------------------------------------
 def test_same_material_is_produced_once_and_then_returned_cached(tmp_path):
     store, produced = Store(tmp_path / "ws"), []
 
@@ -197,7 +197,7 @@ def test_different_material_gives_a_different_key_and_directory(tmp_path):
     assert store.has("demo", a.key) and store.has("demo", b.key)
 
 
-# -- train ---------------------------------------------------------------------------------------------------------
+# -- train -------------------------------------------------------------------------------------------------------------
 def test_train_meta_names_the_last_checkpoint_the_log_and_unmeasured_epochs_as_nan(run):
     executor = DiskExecutor()
     trained = run.train(executor)
@@ -275,7 +275,7 @@ def test_train_key_follows_the_train_code_and_the_spec_text_but_not_spec_paths(r
     assert run.train(DiskExecutor()).key != base.key
 
 
-# -- evaluate, prune, retrain, export ---------------------------------------------------------------------------------
+# -- evaluate, prune, retrain, export ----------------------------------------------------------------------------------
 def test_evaluate_keeps_the_metrics_of_the_trained_checkpoint(run):
     trained = run.train(DiskExecutor())
     executor = DiskExecutor()
@@ -328,7 +328,7 @@ def test_export_files_are_relative_to_the_output_and_the_format_is_part_of_the_k
     assert P.stage_export(run.store, run.cfg, trained, DiskExecutor()).key != exported.key
 
 
-# -- passport --------------------------------------------------------------------------------------------------------
+# -- passport ----------------------------------------------------------------------------------------------------------
 def test_passport_chains_the_keys_so_an_upstream_change_reaches_the_export(run):
     def chain():
         trained = run.train(DiskExecutor())
@@ -358,7 +358,7 @@ def test_passport_names_tell_apart_stages_that_ran_more_than_once(tmp_path):
     assert passport["id"] != P.passport([b, a], names=["convert:a", "convert:b"])["id"]
 
 
-# -- dataset_sources -------------------------------------------------------------------------------------------------
+# -- dataset_sources ---------------------------------------------------------------------------------------------------
 def sources(tmp_path, *extra):
     return P.dataset_sources(P.RunConfig(workspace=str(tmp_path / "ws"), dataset_path=str(tmp_path / "crpd"),
                                          extra_datasets=list(extra)))

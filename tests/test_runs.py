@@ -61,7 +61,7 @@ def report_of(tmp_path, passed=True, cached=False):
             "cached": cached, "key": "report-key"}
 
 
-# -- passport and run folder ----------------------------------------------------------------------------------------
+# -- passport and run folder -------------------------------------------------------------------------------------------
 def test_model_passport_chains_every_stage_and_keeps_the_final_ap_and_map(ws):
     stages = build_stages(Store(ws))
     passport = runs.model_passport(stages)
@@ -123,7 +123,7 @@ def test_recorded_tracking_reads_an_earlier_runs_task_or_nothing(tmp_path, conte
     assert runs.recorded_tracking(path) == expected
 
 
-# -- RunTracking -----------------------------------------------------------------------------------------------------
+# -- RunTracking -------------------------------------------------------------------------------------------------------
 def earlier_run(ws, task="offline-earlier"):
     """A first run that computed every stage and recorded its task; returns a re-run's (cached) stages and
     passport."""
