@@ -126,11 +126,14 @@ def dataset_sources(cfg):
         if class_map is not None and kind != "kitti":
             raise TaoflowError(f"{where}: class_map applies to kitti datasets (crpd's classes come from the spec set)")
         taken = [s.name for s in sources]
-        name = check_source_name(entry["name"]) if entry.get("name") else _source_name(entry["path"], taken)
+        from .datasets.kitti import normalize_class_map
+        try:
+            name = check_source_name(entry["name"]) if entry.get("name") else _source_name(entry["path"], taken)
+            pairs = tuple(sorted(normalize_class_map(class_map).items())) if class_map is not None else None
+        except TaoflowError as e:
+            raise TaoflowError(f"{where}: {e}") from None
         if name in taken:
             raise TaoflowError(f"{where}: another dataset is already named {name!r}; give this one a distinct name")
-        from .datasets.kitti import normalize_class_map
-        pairs = tuple(sorted(normalize_class_map(class_map).items())) if class_map is not None else None
         sources.append(DatasetSource(name, kind, str(Path(entry["path"]).resolve()), pairs))
     return sources
 

@@ -28,7 +28,8 @@ def training_curves(histories, out_png):
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         axes[0].plot(epochs, [r.get("loss", math.nan) for r in rows], label=name)
-        pts = [(r["epoch"], r["mAP"]) for r in rows if r.get("mAP") == r.get("mAP") and "mAP" in r]
+        # an epoch without validation has no mAP: NaN (the pipeline's history) or None (an empty CSV cell)
+        pts = [(r["epoch"], r["mAP"]) for r in rows if r.get("mAP") is not None and r["mAP"] == r["mAP"]]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", label=name)
     axes[0].set(title="training loss", xlabel="epoch")

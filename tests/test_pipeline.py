@@ -384,13 +384,8 @@ def test_dataset_sources_lists_the_main_dataset_first_then_the_extra_ones(tmp_pa
     ({"path": "/data/x", "kind": "crpd", "class_map": {"a": "b"}}, "class_map applies to kitti datasets"),
     ({"path": "/data/x", "name": "signs"}, "another dataset is already named 'signs'"),
     ({"path": "/data/x", "name": "crpd"}, "another dataset is already named 'crpd'"),
-    pytest.param({"path": "/data/x", "name": "Road Signs"}, "dataset name 'Road Signs'", marks=pytest.mark.xfail(
-        strict=True, reason="bug: a bad dataset name raises merge.check_source_name's error, which does not say "
-                            "which extra_datasets entry it is")),
-    pytest.param({"path": "/data/x", "class_map": {"car": "two words"}}, "bad class mapping",
-                 marks=pytest.mark.xfail(strict=True, reason="bug: a bad class name raises "
-                                         "kitti.normalize_class_map's error, which does not say which "
-                                         "extra_datasets entry it is")),
+    ({"path": "/data/x", "name": "Road Signs"}, "dataset name 'Road Signs'"),
+    ({"path": "/data/x", "class_map": {"car": "two words"}}, "bad class mapping"),
 ])
 def test_a_bad_extra_dataset_is_one_error_naming_its_entry(tmp_path, entry, message):
     with pytest.raises(TaoflowError) as e:

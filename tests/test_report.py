@@ -49,10 +49,6 @@ def test_nan_map_cells_are_drawn_as_not_measured(tmp_path):
     read_png(unmeasured)  # a run without any validation still gets its loss curve
 
 
-@pytest.mark.xfail(strict=True, reason="bug: training_curves' filter `r.get('mAP') == r.get('mAP')` drops NaN but not "
-                   "None, so an empty CSV cell as contract.results.read_training_csv gives it (None) is plotted as a "
-                   "gap that breaks the mAP line instead of being left out (the pipeline converts None to NaN "
-                   "first, so train-ssd runs are not affected)")
 def test_empty_map_cells_are_drawn_as_nan_cells_are(tmp_path):
     with_nan = R.training_curves({"train": history([NAN, 0.25, NAN, 0.5])}, tmp_path / "nan.png")
     with_none = R.training_curves({"train": history([None, 0.25, None, 0.5])}, tmp_path / "none.png")
