@@ -118,19 +118,23 @@ def make_optimizer(params, device):
 
 def average_gradients(params, world):
     """Every rank's gradients replaced by their mean over the `world` ranks of the default process group: one flat
-    all-reduce per dtype (a parameter without a gradient counts as zeros, so every rank sends the same layout)."""
+    all-reduce per dtype (a parameter without a gradient counts as zeros, so every rank sends the same layout).
+    The mean is copied back into each gradient tensor, which keeps its parameter's memory format (channels_last
+    kernels on CUDA): fused SGD refuses gradients whose strides differ from their parameter's."""
     import torch.distributed as dist
     groups = {}
     for p in params:
         groups.setdefault(p.dtype, []).append(p)
     for group in groups.values():
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
+        flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat.div_(world)
         offset = 0
-        for p in group:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
+        for p, g in zip(group, grads):
+            g.copy_(flat[offset:offset + g.numel()].view(g.shape))
+            p.grad = g
+            offset += g.numel()
 
 
 def gradient_sync(world):
