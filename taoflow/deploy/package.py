@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.model_package import FORMAT, graph_files, graphs_problems
 from ..fsutil import sha256_file
 from .errors import DeployError
 
-FORMAT = "taoflow-ssd/1"
 REQUIRED = ("model.json", "labels.txt", "samples/expected.json")
 # Written by the agent on the device; a package copied back from a device must not ship them again.
 DEVICE_OUTPUTS = {"smoke.json", "build.json", "model.engine"}
@@ -45,7 +45,13 @@ class Package:
 
     @property
     def model_sha256(self):
+        """sha256 of model.json's top-level model_file (the package's model; `graphs` may offer others)."""
         return next(f.sha256 for f in self.files if f.rel == self.meta["model_file"])
+
+    @property
+    def model_files(self):
+        """Every model file model.json names (the top-level one first)."""
+        return graph_files(self.meta)
 
     @property
     def input_shape(self):
@@ -75,6 +81,8 @@ def load_package(path):
     if not isinstance(model_file, str) or not (path / model_file).is_file():
         raise DeployError(f"model_file {model_file!r} is not in the package", path=meta_path,
                           line=_line(meta_path, "model_file"))
+    for field, message in graphs_problems(meta, exists=lambda name: (path / name).is_file()):
+        raise DeployError(f"{field}: {message}", path=meta_path, line=_line(meta_path, field.split(".")[-1]))
     inp = meta.get("input")
     if not isinstance(inp, dict) or not all(isinstance(inp.get(k), int) for k in ("channels", "height", "width")):
         raise DeployError("input needs integer channels, height and width", path=meta_path,

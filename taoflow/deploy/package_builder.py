@@ -7,8 +7,11 @@ expected.json holds what a correct device must reproduce on the samples:
 - a native export (output kind `decoded`): the detections the host computes with the exported ONNX through ONNX
   Runtime, the way the device computes them (model.json's preprocessing, TensorRT NMS-plugin semantics with the
   package's own nms settings, the plugin's output layout, boxes in original-image pixels) but by the host's
-  implementation (taoflow.backends.native.nms), not by the agent's code: a bug on either side then fails the
-  smoke test instead of being copied into the expectation;
+  implementation (taoflow.contract.nms), not by the agent's code: a bug on either side then fails the
+  smoke test instead of being copied into the expectation. When the export also offers a plugin graph for
+  TensorRT devices (model.json `graphs.tensorrt`, ending in NMSDynamic_TRT), that graph runs too, up to the plugin
+  in ONNX Runtime and the plugin's decoding and NMS by the reference, and must give the same detections on every
+  candidate image: one expected.json serves both graphs;
 - TAO's own export (output kind `tao_nms`: NMS is a TensorRT plugin): when the host can read the graph (a .etlt
   decoded with its key, or a plain TAO 5 ONNX given without labels), the graph up to the plugin node runs in ONNX
   Runtime and the plugin's decoding and NMS (its own attributes from the node) run in taoflow's reference
@@ -31,10 +34,11 @@ import cv2
 import numpy as np
 
 from .. import etlt as codec
-from ..backends.native.nms import nms_plugin, parse_nms_output
+from ..contract.model_package import FORMAT, graph_files, graph_for, graphs_problems
+from ..contract.nms import NMS_PLUGIN, TAO_FIXED_ATTRIBUTES, nms_plugin, parse_nms_output
 from ..fsutil import atomic_dir, sha256_file
 from .errors import DeployError
-from .package import FORMAT, load_package
+from .package import load_package
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -62,6 +66,8 @@ def read_export(export_dir):
         raise DeployError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DeployError(f"not a {FORMAT} model.json", path=path)
+    for field, message in graphs_problems(meta, exists=lambda name: (export_dir / name).is_file()):
+        raise DeployError(f"{field}: {message}", path=path)
     model_file, kind = str(meta.get("model_file", "")), (meta.get("output") or {}).get("kind")
     native_etlt = model_file.endswith(".etlt") and isinstance(meta.get("etlt"), dict)
     if kind == "decoded" and not (model_file.endswith(".onnx") or native_etlt):
@@ -155,11 +161,13 @@ class HostModel:
         return self.session.run([out["boxes"], out["scores"]], {self.meta["input"]["name"]: batch})
 
 
-# The NMS plugin nodes TAO's SSD exports end in (TAO 5 ONNX: NMSDynamic_TRT; NMS_TRT in older graphs), and the
-# attribute values TAO's exporter sets that the host's reference implementation assumes (the contract doc §6).
-NMS_PLUGINS = ("NMSDynamic_TRT", "NMS_TRT")
-TAO_NMS_ATTRS = {"shareLocation": 1, "backgroundLabelId": 0, "codeType": 1, "varianceEncodedInTarget": 0,
-                 "isNormalized": 1, "confSigmoid": 0}
+# The NMS plugin nodes TAO's SSD exports end in (TAO 5 ONNX and taoflow's plugin graph: NMSDynamic_TRT; NMS_TRT in
+# older graphs), and the attribute values TAO's exporter sets that the host's reference implementation assumes
+# (taoflow.contract.nms; any inputOrder permutation is followed).
+NMS_PLUGINS = (NMS_PLUGIN, "NMS_TRT")
+TAO_NMS_ATTRS = {k: v for k, v in TAO_FIXED_ATTRIBUTES.items() if k != "inputOrder"}
+# Detections of the plugin graph and of the decoded graph, both on the host in float32, may differ by rounding only.
+GRAPH_CONFIDENCE_TOLERANCE = 0.01
 
 
 class PluginHostModel(HostModel):
@@ -236,6 +244,54 @@ class PluginHostModel(HostModel):
             h = np.exp(variances[:, 3] * loc[..., 3]) * ph
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).astype(np.float32)
         return boxes, scores
+
+
+def check_plugin_graph(graph_path, meta, candidates, detections, floor, score_threshold, iou_threshold):
+    """The export's plugin graph must detect what its decoded graph detects on the candidates (both on the host:
+    the plugin graph up to NMSDynamic_TRT in ONNX Runtime, then the reference decoding and NMS with the node's own
+    attributes), or the one expected.json would be wrong for the TensorRT devices that run it. Returns what
+    expected.json's `host.graphs` records; raises DeployError naming the differences."""
+    try:
+        graph = graph_path.read_bytes()
+    except OSError as e:
+        raise DeployError(f"cannot read the plugin graph: {e.strerror}", path=graph_path) from None
+    model = PluginHostModel(graph, meta, graph_path)
+    found = model.detect([(p.name, im) for p, im in candidates], floor)
+    problems = []
+    for name in sorted(detections):
+        for src, dst, where in ((detections[name], found[name], graph_path.name),
+                                (found[name], detections[name], meta["model_file"])):
+            problems += [f"{name}: {d['label']} {d['box']} ({d['confidence']}) has no partner in {where}"
+                         for d in _unpartnered(src, dst, score_threshold, iou_threshold)]
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise DeployError(f"{graph_path.name} ({model.plugin}) and {meta['model_file']} disagree on the sample "
+                          f"candidates: {'; '.join(problems[:10])}{more}", path=graph_path)
+    return {graph_path.name: f"up to {model.plugin} in onnxruntime, then taoflow's reference decoding and NMS: "
+                             f"the same detections as {meta['model_file']} on {len(candidates)} images"}
+
+
+def _unpartnered(src, dst, score_threshold, iou_threshold):
+    """Detections of `src` above score_threshold with no partner in `dst`: same label, confidence within
+    GRAPH_CONFIDENCE_TOLERANCE, and the same box (IoU >= iou_threshold, or corners within half a pixel: a box
+    clipped flat at the image border has no area to overlap with)."""
+    alone, used = [], set()
+    for det in sorted(src, key=lambda d: -d["confidence"]):
+        partner = next((i for i, other in enumerate(dst) if i not in used and other["label"] == det["label"]
+                        and abs(other["confidence"] - det["confidence"]) <= GRAPH_CONFIDENCE_TOLERANCE
+                        and (max(abs(a - b) for a, b in zip(other["box"], det["box"])) <= 0.5
+                             or _iou(other["box"], det["box"]) >= iou_threshold)), None)
+        if partner is not None:
+            used.add(partner)
+        elif det["confidence"] > score_threshold:
+            alone.append(det)
+    return alone
+
+
+def _iou(a, b):
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def read_kitti_detections(path, classes):
@@ -423,6 +479,10 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
         model = HostModel(decoded.data if decoded is not None else model_path, meta, model_path)
         detections = model.detect([(p.name, im) for p, im in candidates], floor)
         host = {"runtime": "onnxruntime", "runtime_version": model.version}
+        plugin_graph = graph_for(meta, "tensorrt") if "graphs" in meta else None
+        if plugin_graph is not None and plugin_graph["output"]["kind"] == "tao_nms":
+            host["graphs"] = check_plugin_graph(export_dir / plugin_graph["model_file"], meta, candidates,
+                                                detections, floor, score_threshold, iou_threshold)
     if decoded is not None:
         meta = dict(meta, etlt=dict(meta.get("etlt") or {}, **etlt_facts(decoded)))
     shipped = meta["model_file"]
@@ -443,6 +503,8 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
             (tmp / shipped).write_bytes(decoded.data)
         else:
             shutil.copy2(model_path, tmp / shipped)
+        for name in graph_files(meta)[1:]:  # the other graphs model.json offers (the plugin graph)
+            shutil.copy2(export_dir / name, tmp / name)
         for name in ("labels.txt",) + OPTIONAL_FILES + (() if is_etlt else ("model.json",)):
             if (export_dir / name).is_file():
                 shutil.copy2(export_dir / name, tmp / name)

@@ -9,51 +9,21 @@ of failing half an hour into a Nano's engine build. Two kinds of problems:
   is refused for build problems only when none of its devices can build.
 """
 
-import re
 from functools import lru_cache
 
-from ..backends.native.trt_ops import TRT_SUPPORTED
+from ..contract.model_package import graph_for
+from ..contract.trt_ops import (PLUGIN_RELEASES, PLUGIN_SUFFIX, parser_problems, plugin_in_release,
+                                plugin_releases_text, version_tuple)
 
 MIN_BUILD_MEMORY_MB = 600  # the agent's own floor (tools/device/agent_build.py): RAM + swap free for a build
 DISK_MARGIN_MB = 32
 INT8_MIN_CC = (6, 1)  # TensorRT INT8 needs Pascal (6.1) or newer; the Nano's Maxwell GPU is 5.3
 ETLT_PLUGINS = ("NMS_TRT", "BatchTilePlugin_TRT")  # a TAO SSD .etlt graph uses both (TRT-OSS on JetPack 4)
-PLUGIN_SUFFIX = "_TRT"  # TensorRT plugin creators' names, as ONNX op types of TAO's exported graphs
-# ONNX operators the TensorRT parser gained in each release (onnx-tensorrt docs/Changelog.md); trt_ops.py's list
-# is TensorRT 8.4's, so an older TensorRT lacks the operators added after it.
-TRT_OPS_ADDED = {
-    (8, 0): {"Celu", "CumSum", "EyeLike", "GatherElements", "GlobalLpPool", "GreaterOrEqual", "LessOrEqual",
-             "LpNormalization", "LpPool", "ReverseSequence"},
-    (8, 2): {"Einsum", "IsNaN", "GatherND", "Scatter", "ScatterElements", "ScatterND", "Sign", "Round"},
-    (8, 4): {"Xor"},
-}
-# Newest ONNX opset the TensorRT parser reads, by first TensorRT release (onnx-tensorrt docs/operators.md).
-TRT_MAX_OPSET = (((8, 4), 17), ((8, 0), 13), ((7, 0), 11))
 # onnxruntime release -> newest opset and IR version it loads (onnxruntime docs/Versioning.md; 1.10, the last
 # with Python 3.6 wheels, checked by loading models in the device venv). Newer releases than the table: no limit
 # known here, and every one of them loads what taoflow exports (opset 13, IR 7).
 ORT_LIMITS = (((1, 9), 15, 8), ((1, 8), 14, 7), ((1, 6), 13, 7), ((1, 3), 12, 6), ((1, 0), 11, 6))
 ORT_TABLE_END = (1, 10)
-
-
-def version_tuple(text, parts=2):
-    numbers = [int(n) for n in re.findall(r"\d+", str(text or ""))[:parts]]
-    return tuple(numbers + [0] * (parts - len(numbers))) if numbers else None
-
-
-def trt_supported_ops(trt_version):
-    """The ONNX operators the parser of this TensorRT release supports (8.4's list minus later additions)."""
-    version = version_tuple(trt_version) or (0, 0)
-    ops = set(TRT_SUPPORTED)
-    for added, names in TRT_OPS_ADDED.items():
-        if version < added:
-            ops -= names
-    return ops
-
-
-def trt_max_opset(trt_version):
-    version = version_tuple(trt_version) or (0, 0)
-    return next((opset for first, opset in TRT_MAX_OPSET if version >= first), 9)
 
 
 def ort_limits(ort_version):
@@ -73,20 +43,39 @@ def _onnx_facts(path, sha256):
     return frozenset(facts["ops"]), facts["opset"], facts["ir_version"]
 
 
-def model_facts(package):
-    """(operators, opset, IR version) of the package's ONNX model; for a .etlt, of the ONNX inside it as the package
-    builder recorded it after decoding it on the host (model.json `etlt`); None when that is unknown (a .etlt
-    packaged without its key, or a TAO 3/4 UFF payload)."""
+def model_facts(package, model_file=None):
+    """(operators, opset, IR version) of one of the package's ONNX graphs (default: model.json's top-level
+    model_file); for a .etlt, of the ONNX inside it as the package builder recorded it after decoding it on the
+    host (model.json `etlt`); None when that is unknown (a .etlt packaged without its key, or a TAO 3/4 UFF
+    payload)."""
     meta = package.meta
-    if meta["model_file"].endswith(".etlt"):
+    model_file = model_file or meta["model_file"]
+    if model_file.endswith(".etlt"):
         inside = meta.get("etlt") if isinstance(meta.get("etlt"), dict) else {}
         if inside.get("payload") != "onnx" or not isinstance(inside.get("ops"), list):
             return None
         return frozenset(inside["ops"]), inside.get("opset"), inside.get("ir_version") or 0
-    if not meta["model_file"].endswith(".onnx"):
+    if not model_file.endswith(".onnx"):
         return None
-    path = package.path / meta["model_file"]
-    return _onnx_facts(str(path), package.model_sha256)
+    sha256 = next(f.sha256 for f in package.files if f.rel == model_file)
+    return _onnx_facts(str(package.path / model_file), sha256)
+
+
+def device_graph(probe, package):
+    """The graph of the package this device runs (model.json's `graphs`, docs/model-package.md), as the agent
+    picks it: a TensorRT device takes `graphs.tensorrt` when its plugin library has that graph's plugin (the probe
+    read the library), an ONNX Runtime device `graphs.onnxruntime`; otherwise the top-level graph."""
+    meta = package.meta
+    runtimes = probe.get("runtimes") or []
+    if "tensorrt" in runtimes:
+        graph = graph_for(meta, "tensorrt")
+        plugin = (graph.get("plugin") or {}).get("op")
+        found = (probe.get("nvinfer_plugin") or {}).get("plugins") or []
+        if plugin is None or plugin in found:
+            return graph
+    elif "onnxruntime" in runtimes:
+        return graph_for(meta, "onnxruntime")
+    return graph_for(meta, None)
 
 
 def gpu_cc(probe):
@@ -104,12 +93,13 @@ def device_problems(probe, package):
     for module, package_name in (("numpy", "python3-numpy"), ("cv2", "python3-opencv")):
         if not modules.get(module):
             problems.append(f"no {module} in the device Python: install {package_name}")
-    etlt = meta["model_file"].endswith(".etlt")
-    needs_plugins = etlt or (meta.get("output") or {}).get("kind") == "tao_nms"
+    graph = device_graph(probe, package)
+    etlt = graph["model_file"].endswith(".etlt")
+    needs_plugins = etlt or (graph.get("output") or {}).get("kind") == "tao_nms"
     if "tensorrt" in runtimes:
-        problems += _tensorrt_problems(probe, package, needs_plugins)
+        problems += _tensorrt_problems(probe, package, graph, needs_plugins)
     elif "onnxruntime" in runtimes and not needs_plugins:
-        problems += _onnxruntime_problems(probe, package)
+        problems += _onnxruntime_problems(probe, package, graph)
     elif needs_plugins:
         have = " and ".join(runtimes) or "no runtime"
         hint = ""
@@ -128,7 +118,7 @@ def device_problems(probe, package):
     return problems
 
 
-def _tensorrt_problems(probe, package, needs_plugins):
+def _tensorrt_problems(probe, package, graph, needs_plugins):
     problems = []
     trt = probe.get("tensorrt")
     cc = gpu_cc(probe)
@@ -139,31 +129,31 @@ def _tensorrt_problems(probe, package, needs_plugins):
                             f"GPU, sm_53, has no INT8 in TensorRT); deploy an fp16 export")
         elif not (package.path / "cal.bin").is_file():
             problems.append("an INT8 package needs its calibration cache cal.bin")
-    facts = model_facts(package)
-    # TAO 5's ONNX ends in an NMSDynamic_TRT node, which the parser hands to the plugin of that name; a .etlt whose
-    # graph the host could not read is assumed to be TAO 3/4's UFF (NMS_TRT and BatchTilePlugin_TRT); a native .etlt
-    # (read on the host when packaged) names no plugin
+    facts = model_facts(package, graph["model_file"])
+    # TAO 5's ONNX and taoflow's plugin graph end in an NMSDynamic_TRT node, which the parser hands to the plugin
+    # of that name; a .etlt whose graph the host could not read is assumed to be TAO 3/4's UFF (NMS_TRT and
+    # BatchTilePlugin_TRT); a native .etlt (read on the host when packaged) names no plugin
     plugin_ops = sorted(op for op in facts[0] if op.endswith(PLUGIN_SUFFIX)) if facts is not None else []
     wanted = plugin_ops if facts is not None else list(ETLT_PLUGINS)
     if needs_plugins and wanted:
         found = (probe.get("nvinfer_plugin") or {}).get("plugins")
         missing = [p for p in wanted if found is not None and p not in found]
         if probe.get("nvinfer_plugin") is None or missing:
-            problems.append(f"libnvinfer_plugin lacks {', '.join(missing or wanted)}: build the TensorRT OSS "
-                            f"plugins for TensorRT {trt} and replace the library")
+            names = missing or wanted
+            # a release that never registers the creator: no library rebuild of that release gives it either
+            known = [f"{p} is in {plugin_releases_text(p)}" for p in names
+                     if p in PLUGIN_RELEASES and not plugin_in_release(p, trt)]
+            problems.append(f"libnvinfer_plugin lacks {', '.join(names)}: build the TensorRT OSS plugins for "
+                            f"TensorRT {trt} and replace the library" + (f" ({'; '.join(known)})" if known else ""))
     if facts is not None:
         ops, opset, _ = facts
-        lacking = sorted(ops - trt_supported_ops(trt) - set(plugin_ops if needs_plugins else []))
-        if lacking:
-            problems.append(f"TensorRT {trt}'s ONNX parser does not support {', '.join(lacking)}")
-        if opset is not None and opset > trt_max_opset(trt):
-            problems.append(f"ONNX opset {opset} is newer than TensorRT {trt} parses ({trt_max_opset(trt)}); "
-                            f"export with --target_opset {trt_max_opset(trt)}")
+        # the device's plugin library was read by the probe and checked above: it decides, not the release table
+        problems += parser_problems(ops, opset, trt, plugins=plugin_ops if needs_plugins else (), check_release=False)
     return problems
 
 
-def _onnxruntime_problems(probe, package):
-    facts = model_facts(package)
+def _onnxruntime_problems(probe, package, graph):
+    facts = model_facts(package, graph["model_file"])
     ort = ((probe.get("modules") or {}).get("onnxruntime") or {}).get("version")
     limits = ort_limits(ort)
     if facts is None or limits is None:

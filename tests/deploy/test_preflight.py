@@ -3,7 +3,8 @@
 import pytest
 
 from taoflow.deploy import build_problems, choose_canary, device_problems, load_package
-from taoflow.deploy.preflight import ort_limits, trt_max_opset, trt_supported_ops
+from taoflow.contract.trt_ops import trt_max_opset, trt_supported_ops
+from taoflow.deploy.preflight import ort_limits
 from tests.deploy.probes import cpu_device, nano, package_variant, ready_nano, tiny_onnx, xavier
 
 
@@ -117,7 +118,7 @@ def test_tao5_onnx_needs_the_nms_plugin_it_names_not_parser_support(variant):
     tao = variant({"output": {"kind": "tao_nms"}}, {"model.onnx": lambda p: tiny_onnx(p, op="NMSDynamic_TRT")})
     assert device_problems(cpu_device(), tao) == [
         "a TAO NMS-plugin model needs TensorRT with pycuda; the device has onnxruntime"]
-    assert device_problems(ready_nano(), tao) == [  # JetPack 4's stock-like library: NMS_TRT only
+    assert device_problems(ready_nano(), tao) == [  # a library without the creator (as the probe read it)
         "libnvinfer_plugin lacks NMSDynamic_TRT: build the TensorRT OSS plugins for TensorRT 8.2.1 and replace "
         "the library"]
     oss = ready_nano()

@@ -6,6 +6,12 @@
   .onnx, no TensorRT, onnxruntime installed: nothing to build; the model is loaded once to prove it runs and the
                     runtime is recorded in build.json.
 
+Which graph: model.json may offer one per runtime (`graphs`, docs/model-package.md). TensorRT builds the plugin graph
+(NMS on the GPU, NMSDynamic_TRT) when this device's libnvinfer_plugin has that creator (read from the library by the
+probe), else the top-level graph; ONNX Runtime loads its own graph. build.json records the package's model
+(`model_file`, `model_sha256`: what the host compares) and the graph built (`graph`, `graph_file`, `graph_sha256`),
+so smoke and detect open the engine with the outputs it has.
+
 The engine is written to a temp name and renamed only when the tool succeeded, so a build killed by the OOM
 killer or a dropped SSH session never leaves a truncated model.engine that a later smoke would try to load.
 The .etlt key comes from an environment variable (the host sends it on stdin, never on the SSH command line) and
@@ -19,7 +25,7 @@ import time
 import agent_probe
 from agent_common import (AgentError, device_lock, load_json, redact_argv, run_tool, sha256_file,
                           write_json_atomic)
-from agent_package import load_model_json
+from agent_package import load_model_json, select_graph
 
 KEY_ENV = "TAOFLOW_ETLT_KEY"
 MIN_BUILD_MEMORY_MB = 600  # below this (RAM + swap) a Nano build of an SSD gets "Killed"; refuse up front
@@ -108,9 +114,12 @@ def build(root, package, runtime="auto", max_batch=1, workspace=None, timeout_s=
     trt_version = agent_probe.tensorrt_version()
     ort = agent_probe.onnxruntime_info()
     chosen = choose_runtime(runtime, meta["model_file"], trt_version, ort)
+    view = select_graph(meta, chosen, device_plugins(meta) if chosen == "tensorrt" else None)
     started = time.time()
     record = {"runtime": chosen, "model_file": meta["model_file"],
               "model_sha256": sha256_file(os.path.join(package, meta["model_file"])),
+              "graph": view["graph"], "graph_file": view["model_file"],
+              "graph_sha256": sha256_file(os.path.join(package, view["model_file"])),
               "precision": meta.get("precision", "fp16"), "built_at": started}
     with device_lock(root, "build", lock_wait_s):
         previous = _reusable(package, record)
@@ -118,13 +127,21 @@ def build(root, package, runtime="auto", max_batch=1, workspace=None, timeout_s=
             return previous
         if chosen == "onnxruntime":
             from agent_infer import OnnxRuntimeModel
-            OnnxRuntimeModel(os.path.join(package, meta["model_file"]), meta).close()
+            OnnxRuntimeModel(os.path.join(package, view["model_file"]), view).close()
             record.update(runtime_version=ort["version"], engine=None, engine_sha256=None, command=None)
         else:
-            record.update(_build_engine(root, package, meta, trt_version, max_batch, workspace, timeout_s))
+            record.update(_build_engine(root, package, view, trt_version, max_batch, workspace, timeout_s))
     record["seconds"] = round(time.time() - started, 3)
     write_json_atomic(os.path.join(package, "build.json"), record)
     return record
+
+
+def device_plugins(meta):
+    """The plugin creators this device's libnvinfer_plugin has, when model.json offers a graph that needs one
+    (reading the library costs a Nano a second or two, so only then); None otherwise or without the library."""
+    if "tensorrt" not in (meta.get("graphs") or {}):
+        return None
+    return (agent_probe.plugin_library() or {}).get("plugins")
 
 
 def _reusable(package, record):
@@ -134,7 +151,11 @@ def _reusable(package, record):
     if not os.path.isfile(path):
         return None
     previous = load_json(path)[0]
-    if any(previous.get(k) != record[k] for k in ("runtime", "model_file", "model_sha256", "precision")):
+    # a build.json from before `graphs` built the top-level model
+    previous.setdefault("graph_file", previous.get("model_file"))
+    previous.setdefault("graph_sha256", previous.get("model_sha256"))
+    keys = ("runtime", "model_file", "model_sha256", "graph_file", "graph_sha256", "precision")
+    if any(previous.get(k) != record[k] for k in keys):
         return None
     engine = previous.get("engine")
     if engine and (not os.path.isfile(os.path.join(package, engine))

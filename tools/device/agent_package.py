@@ -11,6 +11,15 @@ from agent_common import AgentError, line_of, load_json, sha256_file
 
 FORMAT = "taoflow-ssd/1"
 OUTPUT_KINDS = ("decoded", "tao_nms")
+RUNTIMES = ("tensorrt", "onnxruntime")
+NMS_OUTPUTS = ("NMS", "NMS_1")  # a tao_nms graph's outputs: detections, keep count
+NMS_PLUGIN = "NMSDynamic_TRT"  # the plugin a `graphs.tensorrt` entry names (TAO 5's SSD layout)
+# What a graph's NMSDynamic_TRT attributes must say for the reference semantics the host computed expected.json
+# with (TAO's SSD export; taoflow.contract.nms on the host): fixed values, then the ones model.json's nms sets.
+PLUGIN_FIXED = {"shareLocation": 1, "varianceEncodedInTarget": 0, "backgroundLabelId": 0, "codeType": 1,
+                "confSigmoid": 0, "isNormalized": 1, "inputOrder": [1, 2, 0]}
+PLUGIN_FROM_NMS = (("confidenceThreshold", "confidence_threshold"), ("nmsThreshold", "iou_threshold"),
+                   ("topK", "top_k"), ("keepTopK", "keep_top_k"))
 PRECISIONS = ("fp32", "fp16", "int8")
 # Files whose bytes decide what the device computes; the smoke result is bound to their digest.
 CONTENT_FILES = ("model.onnx", "model.etlt", "model.engine", "model.json", "labels.txt", "samples/expected.json")
@@ -79,7 +88,89 @@ def load_model_json(package):
     if meta.get("precision", "fp16") not in PRECISIONS:
         raise AgentError("precision must be one of {}".format(", ".join(PRECISIONS)), path,
                          line_of(text, "precision"))
+    if "graphs" in meta:
+        _check_graphs(package, meta, path, text)
     return meta
+
+
+def _check_graphs(package, meta, path, text):
+    """model.json `graphs` (docs/model-package.md): one graph per runtime, each a file in the package with an
+    output this agent parses; a TensorRT plugin graph's attributes must agree with model.json's nms and classes."""
+    graphs = meta["graphs"]
+    if not isinstance(graphs, dict) or not graphs:
+        raise AgentError("graphs must map runtimes ({}) to graphs".format(", ".join(RUNTIMES)), path,
+                         line_of(text, "graphs"))
+    for runtime, graph in sorted(graphs.items()):
+        where = "graphs.{}.".format(runtime)
+        if runtime not in RUNTIMES or not isinstance(graph, dict):
+            raise AgentError("graphs.{} must be a graph of one of the runtimes {}".format(runtime, ", ".join(
+                RUNTIMES)), path, line_of(text, runtime))
+        model_file = _field(graph, "model_file", str, path, text, where)
+        if not model_file.endswith(".onnx") or "/" in model_file or "\\" in model_file:
+            raise AgentError("{}model_file must name an .onnx file beside model.json".format(where), path,
+                             line_of(text, model_file))
+        if not os.path.isfile(os.path.join(package, model_file)):
+            raise AgentError("{}model_file {} is not in the package".format(where, model_file), path,
+                             line_of(text, model_file))
+        out = _field(graph, "output", dict, path, text, where)
+        kind = out.get("kind")
+        if kind not in OUTPUT_KINDS or runtime == "onnxruntime" and kind != "decoded":
+            allowed = "decoded (ONNX Runtime has no NMS plugin)" if runtime == "onnxruntime" else " or ".join(
+                OUTPUT_KINDS)
+            raise AgentError("{}output.kind must be {}".format(where, allowed), path, line_of(text, runtime))
+        if kind == "decoded":
+            _field(out, "boxes", str, path, text, where + "output.")
+            _field(out, "scores", str, path, text, where + "output.")
+        else:
+            names = [out.get("nms", NMS_OUTPUTS[0]), out.get("keep_count", NMS_OUTPUTS[1])]
+            if names != list(NMS_OUTPUTS):
+                raise AgentError("{}output names {}; a tao_nms graph's outputs are {}".format(
+                    where, names, " and ".join(NMS_OUTPUTS)), path, line_of(text, runtime))
+            _check_plugin(_field(graph, "plugin", dict, path, text, where), meta, where, path, text)
+
+
+def _check_plugin(plugin, meta, where, path, text):
+    attrs = plugin.get("attributes")
+    if plugin.get("op") != NMS_PLUGIN or not isinstance(attrs, dict):
+        raise AgentError("{}plugin must be {{\"op\": \"{}\", \"attributes\": {{...}}}}".format(where, NMS_PLUGIN),
+                         path, line_of(text, "plugin"))
+    want = dict(PLUGIN_FIXED, numClasses=len(meta["classes"]) + 1)
+    for attr, key in PLUGIN_FROM_NMS:
+        want[attr] = meta["nms"][key]
+    for attr, value in sorted(want.items()):
+        have = attrs.get(attr)
+        same = (isinstance(have, (int, float)) and not isinstance(have, bool)
+                and abs(float(have) - float(value)) <= 1e-6 * max(1.0, abs(float(value)))
+                if isinstance(value, (int, float)) else have == value)
+        if not same:
+            raise AgentError("{}plugin.attributes.{} is {!r}; model.json's nms and classes say {!r}".format(
+                where, attr, have, value), path, line_of(text, attr))
+
+
+def select_graph(meta, runtime, plugins=None, model_file=None):
+    """model.json as seen by one runtime: `model_file` and `output` of the graph it runs (`graphs`, else the
+    top-level graph), with `graph` naming which one ("tensorrt", "onnxruntime" or "default").
+
+    A TensorRT device takes `graphs.tensorrt` only when `plugins` (the creators its libnvinfer_plugin has, as the
+    probe reads them) includes the graph's plugin; otherwise the top-level graph, which needs none. `model_file`
+    picks the graph of that file instead (the one an existing engine was built from)."""
+    graphs = meta.get("graphs") or {}
+    chosen = None
+    if model_file is not None:
+        if model_file != meta["model_file"]:
+            chosen = next((name for name, g in sorted(graphs.items()) if g["model_file"] == model_file), None)
+            if chosen is None:
+                raise AgentError("model.json offers no graph {} (graphs: {})".format(
+                    model_file, ", ".join(g["model_file"] for g in graphs.values()) or "none"))
+    elif runtime in graphs:
+        plugin = (graphs[runtime].get("plugin") or {}).get("op")
+        if plugin is None or plugin in (plugins or ()):
+            chosen = runtime
+    view = dict(meta)
+    if chosen is not None:
+        view.update(model_file=graphs[chosen]["model_file"], output=graphs[chosen]["output"])
+    view["graph"] = chosen or "default"
+    return view
 
 
 def load_labels(package, classes):
@@ -128,8 +219,10 @@ def load_expected(package, labels):
 
 
 def package_digest(package):
-    """sha256 over (relative path, sha256) of the content files and sample images present in the package."""
+    """sha256 over (relative path, sha256) of the content files, the graphs model.json offers and the sample images
+    present in the package."""
     names = [n for n in CONTENT_FILES if os.path.isfile(os.path.join(package, n))]
+    names += [n for n in _graph_files(package) if n not in names and os.path.isfile(os.path.join(package, n))]
     samples = os.path.join(package, "samples")
     if os.path.isdir(samples):
         names += sorted("samples/" + n for n in os.listdir(samples)
@@ -138,3 +231,17 @@ def package_digest(package):
     for name in names:
         h.update("{}\0{}\n".format(name, sha256_file(os.path.join(package, name))).encode())
     return h.hexdigest()
+
+
+def _graph_files(package):
+    """The model files of model.json's `graphs` (none when it has none or cannot be read: load_model_json, which
+    every command runs first, reports that)."""
+    try:
+        meta = load_json(os.path.join(package, "model.json"))[0]
+    except AgentError:
+        return []
+    graphs = meta.get("graphs") if isinstance(meta, dict) else None
+    if not isinstance(graphs, dict):
+        return []
+    names = [g.get("model_file") for _, g in sorted(graphs.items()) if isinstance(g, dict)]
+    return [n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n and not n.startswith(".")]

@@ -10,12 +10,19 @@ import time
 import cv2
 
 import agent_probe
-from agent_common import AgentError, write_json_atomic
+from agent_build import device_plugins
+from agent_common import AgentError, load_json, write_json_atomic
 from agent_infer import OnnxRuntimeModel, compare, parse_nms, preprocess
-from agent_package import load_expected, load_labels, load_model_json, package_digest
+from agent_package import load_expected, load_labels, load_model_json, package_digest, select_graph
 
 
 def open_model(package, meta, runtime="auto"):
+    """The package's model in the runtime that runs it here: its TensorRT engine (when built), else ONNX Runtime.
+
+    Each runtime runs its own graph of model.json (`graphs`): the engine the graph it was built from (build.json's
+    `graph_file`; an engine fanned out from the group's canary comes without build.json, and is the graph this
+    device's plugin library selects, the same library the canary had: it is part of the engine key), ONNX Runtime
+    its decoded graph."""
     engine = os.path.join(package, "model.engine")
     has_trt = agent_probe.tensorrt_version() is not None and agent_probe.module_version("pycuda") is not None
     if runtime == "tensorrt" or (runtime == "auto" and os.path.isfile(engine)):
@@ -24,13 +31,28 @@ def open_model(package, meta, runtime="auto"):
         if not os.path.isfile(engine):
             raise AgentError("no model.engine in the package: run build first", engine)
         from agent_trt import TensorRTModel
-        return TensorRTModel(engine, meta)
-    model = os.path.join(package, meta["model_file"])
-    if not model.endswith(".onnx"):
-        raise AgentError("{} needs a TensorRT engine: run build first".format(meta["model_file"]), model)
-    if agent_probe.onnxruntime_info() is None:
-        raise AgentError("no TensorRT engine and no onnxruntime on this device")
-    return OnnxRuntimeModel(model, meta)
+        view = engine_graph(package, meta)
+        model = TensorRTModel(engine, view)
+    else:
+        view = select_graph(meta, "onnxruntime")
+        path = os.path.join(package, view["model_file"])
+        if not path.endswith(".onnx"):
+            raise AgentError("{} needs a TensorRT engine: run build first".format(view["model_file"]), path)
+        if agent_probe.onnxruntime_info() is None:
+            raise AgentError("no TensorRT engine and no onnxruntime on this device")
+        model = OnnxRuntimeModel(path, view)
+    model.graph = view["graph"]  # which of model.json's graphs runs (recorded by smoke)
+    return model
+
+
+def engine_graph(package, meta):
+    """model.json as the package's model.engine sees it (select_graph): the graph build.json says it was built
+    from, else the one this device's plugin library selects."""
+    build = os.path.join(package, "build.json")
+    record = load_json(build, "build.json")[0] if os.path.isfile(build) else {}
+    if record.get("runtime") == "tensorrt" and isinstance(record.get("graph_file"), str):
+        return select_graph(meta, "tensorrt", model_file=record["graph_file"])
+    return select_graph(meta, "tensorrt", device_plugins(meta))
 
 
 def smoke(root, package, runtime="auto", iterations=20, warmup=2):
@@ -61,7 +83,7 @@ def smoke(root, package, runtime="auto", iterations=20, warmup=2):
         fps, latency_ms = _speed(model, first_batch, iterations, warmup)
     finally:
         model.close()
-    record = {"passed": failures == 0, "runtime": model.name, "runtime_version": model.version,
+    record = {"passed": failures == 0, "runtime": model.name, "runtime_version": model.version, "graph": model.graph,
               "package_digest": digest, "fps": fps, "latency_ms": latency_ms, "iterations": iterations,
               "images": images, "checked_at": time.time()}
     write_json_atomic(os.path.join(package, "smoke.json"), record)

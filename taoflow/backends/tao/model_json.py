@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 from ... import __version__
+from ...contract.model_package import FORMAT, nms_settings
 from ...fsutil import sha256_file, write_text_atomic
 from ...spec import load_experiment
-
-FORMAT = "taoflow-ssd/1"
 
 
 def tao_model_json(spec_path, model_file, precision="fp16", checkpoint=None):
@@ -40,9 +39,7 @@ def tao_model_json(spec_path, model_file, precision="fp16", checkpoint=None):
                   "dynamic_batch": model_file.suffix == ".onnx"},
         "classes": list(spec.classes),
         "output": {"kind": "tao_nms"},  # outputs NMS and NMS_1, the names TAO's exporter gives the plugin's
-        "nms": {"confidence_threshold": round(nms.confidence_threshold, 6),  # float32 in the spec's proto
-                "iou_threshold": round(nms.clustering_iou_threshold, 6), "top_k": 2 * nms.top_k,
-                "keep_top_k": nms.top_k},
+        "nms": nms_settings(nms.confidence_threshold, nms.clustering_iou_threshold, nms.top_k),
         "precision": precision,
         "source": source,
     }
