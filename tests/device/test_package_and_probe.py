@@ -8,11 +8,12 @@ import sys
 
 import pytest
 from agent_common import AgentError
-from agent_package import load_expected, load_labels, load_model_json, package_digest
+from agent_package import load_expected, load_labels, load_model_json, package_digest, select_graph
 from agent_probe import (UNKNOWN, installed_version, metadata_version, parse_l4t, parse_ldd, parse_nvpmodel,
                          parse_version_header, probe, scan_library)
 
 from tests.device.conftest import AGENT_DIR
+from tests.device.plugin_package import plugin_package
 
 
 @pytest.fixture
@@ -71,6 +72,63 @@ def test_expected_json_errors(pkg):
         {"empty.png": [{"label": "truck", "confidence": 0.9, "box": [0, 0, 1, 1]}]})))
     with pytest.raises(AgentError, match="needs label"):
         load_expected(str(pkg), ["background", "car", "plate"])
+
+
+@pytest.fixture
+def two_graphs(selftest_package, tmp_path):
+    return plugin_package(selftest_package, tmp_path / "two")
+
+
+def test_a_package_with_both_graphs_validates_and_each_runtime_takes_its_own(two_graphs):
+    meta = load_model_json(str(two_graphs))
+    assert meta["model_file"] == "model.onnx" and meta["output"]["kind"] == "decoded"
+    trt = select_graph(meta, "tensorrt", plugins=["NMS_TRT", "NMSDynamic_TRT"])
+    assert (trt["graph"], trt["model_file"], trt["output"]["kind"]) == ("tensorrt", "model_nms.onnx", "tao_nms")
+    # a plugin library without the creator (or none found): the top-level graph, which needs no plugin
+    for plugins in (["NMS_TRT", "BatchTilePlugin_TRT"], None):
+        view = select_graph(meta, "tensorrt", plugins=plugins)
+        assert (view["graph"], view["model_file"], view["output"]["kind"]) == ("default", "model.onnx", "decoded")
+    ort = select_graph(meta, "onnxruntime")
+    assert (ort["graph"], ort["model_file"], ort["output"]["kind"]) == ("onnxruntime", "model.onnx", "decoded")
+    # the graph an engine was built from
+    assert select_graph(meta, "tensorrt", model_file="model_nms.onnx")["output"]["kind"] == "tao_nms"
+    assert select_graph(meta, "tensorrt", model_file="model.onnx")["graph"] == "default"
+    with pytest.raises(AgentError, match="model.json offers no graph other.onnx"):
+        select_graph(meta, "tensorrt", model_file="other.onnx")
+    assert meta["input"] is trt["input"] and "graphs" in trt  # one input, one preprocessing for every graph
+
+
+def test_an_old_package_runs_its_one_graph_everywhere(pkg):
+    meta = load_model_json(str(pkg))
+    for runtime, plugins in (("tensorrt", ["NMSDynamic_TRT"]), ("onnxruntime", None)):
+        view = select_graph(meta, runtime, plugins)
+        assert (view["graph"], view["model_file"], view["output"]) == ("default", "model.onnx", meta["output"])
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (lambda g: g.update(bogus=g["tensorrt"]), "bogus", "graphs.bogus must be a graph of one of the runtimes"),
+    (lambda g: g["tensorrt"].update(model_file="gone.onnx"), "gone.onnx", "model_file gone.onnx is not in"),
+    (lambda g: g["tensorrt"].update(model_file="../model.onnx"), "../model.onnx", "must name an .onnx file"),
+    (lambda g: g["onnxruntime"].update(output={"kind": "tao_nms"}), "onnxruntime", "ONNX Runtime has no NMS"),
+    (lambda g: g["tensorrt"]["output"].update(nms="detections"), "tensorrt", "outputs are NMS and NMS_1"),
+    (lambda g: g["tensorrt"].pop("plugin"), "tensorrt", "missing field graphs.tensorrt.plugin"),
+    (lambda g: g["tensorrt"]["plugin"]["attributes"].update(nmsThreshold=0.45), "nmsThreshold",
+     "nmsThreshold is 0.45; model.json's nms and classes say 0.6"),
+    (lambda g: g["tensorrt"]["plugin"]["attributes"].update(numClasses=2), "numClasses", "numClasses is 2"),
+    (lambda g: g["tensorrt"]["plugin"]["attributes"].update(inputOrder=[0, 1, 2]), "inputOrder", "inputOrder"),
+])
+def test_graph_errors_point_at_the_line(two_graphs, change, key, message):
+    edit_json(two_graphs / "model.json", lambda m: change(m["graphs"]))
+    lines = (two_graphs / "model.json").read_text().splitlines()
+    with pytest.raises(AgentError, match=message) as e:
+        load_model_json(str(two_graphs))
+    assert e.value.line is not None and f'"{key}"' in lines[e.value.line - 1]
+
+
+def test_the_digest_covers_every_graph(two_graphs):
+    before = package_digest(str(two_graphs))
+    (two_graphs / "model_nms.onnx").write_bytes(b"another plugin graph")
+    assert package_digest(str(two_graphs)) != before
 
 
 def test_package_digest_changes_with_content_but_not_with_device_outputs(pkg):

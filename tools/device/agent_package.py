@@ -28,7 +28,8 @@ NMS_DEFAULTS = {"confidence_threshold": 0.01, "iou_threshold": 0.6, "top_k": 200
 
 def _field(obj, key, types, path, text, where=""):
     if key not in obj:
-        raise AgentError("missing field {}{}".format(where, key), path, line_of(text, where.rstrip(".") or key))
+        raise AgentError("missing field {}{}".format(where, key), path,
+                         line_of(text, where.rstrip(".").split(".")[-1] or key))
     value = obj[key]
     if not isinstance(value, types) or isinstance(value, bool) and bool not in _tuple(types):
         raise AgentError("field {}{} has the wrong type: {!r}".format(where, key, value), path, line_of(text, key))
