@@ -5,8 +5,6 @@ neither.
 """
 
 import math
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -71,34 +69,6 @@ def detection_grid(image_paths, out_png, cols=4, cell=(320, 240)):
     rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
     cv2.imwrite(str(out_png), np.concatenate(rows, 0))
     return out_png
-
-
-def model_stats(checkpoint, runs=10):
-    """Parameters, GFLOPs (multiply-accumulates) and CPU latency at batch 1 of a native checkpoint; None for each
-    when the file is a TAO model (.tlt/.hdf5), which only TAO's containers can load."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .backends.native.checkpoint import build_from_checkpoint, load_checkpoint
-    from .errors import TaoflowError
-    try:
-        state = load_checkpoint(checkpoint)
-    except TaoflowError:
-        if Path(checkpoint).suffix == ".pth":
-            raise
-        return {"params": None, "gflops": None, "cpu_latency_ms": None}
-    model = build_from_checkpoint(state).eval()
-    c, h, w = state["arch"]["input"]
-    x = torch.zeros(1, c, h, w)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    with torch.no_grad():
-        model(x)
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            model(x)
-    return {"params": sum(p.numel() for p in model.parameters()), "gflops": counter.get_total_flops() / 2e9,
-            "cpu_latency_ms": 1000 * (time.perf_counter() - t0) / runs}
 
 
 def per_class_markdown(rows, class_counts=None):
