@@ -82,7 +82,8 @@ def load_package(path):
         raise DeployError(f"model_file {model_file!r} is not in the package", path=meta_path,
                           line=_line(meta_path, "model_file"))
     for field, message in graphs_problems(meta, exists=lambda name: (path / name).is_file()):
-        raise DeployError(f"{field}: {message}", path=meta_path, line=_line(meta_path, field.split(".")[-1]))
+        # graphs.<runtime>...: the line naming that runtime's graph (field names repeat across graphs)
+        raise DeployError(f"{field}: {message}", path=meta_path, line=_line(meta_path, field.split(".")[:2][-1]))
     inp = meta.get("input")
     if not isinstance(inp, dict) or not all(isinstance(inp.get(k), int) for k in ("channels", "height", "width")):
         raise DeployError("input needs integer channels, height and width", path=meta_path,

@@ -12,7 +12,13 @@ from taoflow.deploy import DeployError, build_package, load_package
 from taoflow.deploy.package_builder import evenly_spaced, pick_samples, preprocess
 from taoflow.deploy.selftest import expected_detections
 from taoflow.errors import OutputExistsError
+from tests.deploy.plugin_export import untrained_export
 from tests.device.conftest import run_agent
+
+
+@pytest.fixture(scope="module")
+def plugin_export(tmp_path_factory):
+    return untrained_export(tmp_path_factory.mktemp("plugin-export"))
 
 
 def test_expected_detections_match_the_closed_form_of_the_selftest_model(selftest_export, tmp_path):
@@ -128,3 +134,79 @@ def test_native_export_is_ir7_opset13_and_loads_in_the_py36_onnxruntime(native_e
     status, reply = run_agent(py36[0], tmp_path / "root", "smoke", "--package", str(package.path),
                               "--iterations", "2")
     assert status == 0 and reply["result"]["passed"], reply
+
+
+def test_a_plugin_export_is_packaged_with_both_graphs_checked_against_each_other(plugin_export, tmp_path):
+    export, images = plugin_export
+    package = build_package(export, tmp_path / "pkg", images, count=3)
+    assert {"model.onnx", "model_nms.onnx", "model.json", "nvinfer_config.txt"} <= {f.rel for f in package.files}
+    assert package.model_files == ["model.onnx", "model_nms.onnx"]
+    assert (package.path / "model_nms.onnx").read_bytes() == (export / "model_nms.onnx").read_bytes()
+    expected = json.loads((package.path / "samples" / "expected.json").read_text())
+    assert list(expected["host"]["graphs"]) == ["model_nms.onnx"]
+    assert "the same detections as model.onnx on 6 images" in expected["host"]["graphs"]["model_nms.onnx"]
+    assert sum(d["confidence"] > expected["score_threshold"] for v in expected["images"].values() for d in v) > 0
+
+
+def _variant(export, tmp_path, change):
+    bad = tmp_path / "export"
+    shutil.copytree(export, bad)
+    change(bad)
+    return bad
+
+
+def _double_the_variances(export):
+    model = onnx.load(str(export / "model_nms.onnx"))
+    (prior,) = [t for t in model.graph.initializer if t.name == "prior"]
+    values = onnx.numpy_helper.to_array(prior).copy()
+    values[0, 1] *= 2
+    prior.CopyFrom(onnx.numpy_helper.from_array(values, "prior"))
+    onnx.save(model, str(export / "model_nms.onnx"))
+
+
+def _edit_meta(export, fn):
+    meta = json.loads((export / "model.json").read_text())
+    fn(meta)
+    (export / "model.json").write_text(json.dumps(meta, indent=2))
+
+
+@pytest.mark.parametrize("change, message", [
+    (_double_the_variances, "model_nms.onnx (NMSDynamic_TRT) and model.onnx disagree on the sample candidates: "),
+    (lambda d: (d / "model_nms.onnx").unlink(), "graphs.tensorrt.model_file: model_nms.onnx is not there"),
+    (lambda d: _edit_meta(d, lambda m: m["graphs"]["tensorrt"]["plugin"]["attributes"].update(keepTopK=10)),
+     "graphs.tensorrt.plugin: keepTopK is 10, expected 50"),
+    (lambda d: _edit_meta(d, lambda m: m["graphs"]["onnxruntime"].update(model_file="model_nms.onnx",
+                                                                         output={"kind": "tao_nms"})),
+     "graphs.onnxruntime.output: ONNX Runtime runs only 'decoded' graphs"),
+])
+def test_a_plugin_graph_that_is_not_the_models_is_refused(plugin_export, tmp_path, change, message):
+    export, images = plugin_export
+    bad = _variant(export, tmp_path, change)
+    with pytest.raises(DeployError) as e:
+        build_package(bad, tmp_path / "pkg", images, count=2)
+    assert message in str(e.value)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_load_package_checks_the_graphs_it_ships(plugin_export, tmp_path):
+    export, images = plugin_export
+    package = build_package(export, tmp_path / "pkg", images, count=2)
+    (package.path / "model_nms.onnx").unlink()
+    with pytest.raises(DeployError, match="graphs.tensorrt.model_file: model_nms.onnx is not there") as e:
+        load_package(package.path)
+    lines = (package.path / "model.json").read_text().splitlines()
+    assert str(e.value.path).endswith("model.json") and '"tensorrt"' in lines[e.value.line - 1]
+
+
+@pytest.mark.slow
+def test_the_trained_native_export_ships_both_graphs_and_a_py36_device_runs_its_own(native_export, device_python,
+                                                                                    tmp_path):
+    export, images = native_export
+    meta = json.loads((export / "model.json").read_text())
+    assert meta["graphs"]["tensorrt"]["model_file"] == "model_nms.onnx"
+    package = build_package(export, tmp_path / "pkg", images, count=3)
+    status, reply = run_agent(device_python, tmp_path / "root", "smoke", "--package", str(package.path),
+                              "--iterations", "2")
+    assert status == 0 and reply["result"]["passed"], reply
+    smoke = json.loads((package.path / "smoke.json").read_text())
+    assert smoke["runtime"] == "onnxruntime" and smoke["graph"] == "onnxruntime"

@@ -1,10 +1,13 @@
 """Preflight decisions from probe data: runtimes, TensorRT ops and opsets per version, INT8 on Maxwell, .etlt needs."""
 
+import shutil
+
 import pytest
 
-from taoflow.deploy import build_problems, choose_canary, device_problems, load_package
+from taoflow.deploy import build_package, build_problems, choose_canary, device_problems, load_package
 from taoflow.contract.trt_ops import trt_max_opset, trt_supported_ops
-from taoflow.deploy.preflight import ort_limits
+from taoflow.deploy.preflight import device_graph, ort_limits
+from tests.deploy.plugin_export import untrained_export
 from tests.deploy.probes import cpu_device, nano, package_variant, ready_nano, tiny_onnx, xavier
 
 
@@ -127,3 +130,55 @@ def test_tao5_onnx_needs_the_nms_plugin_it_names_not_parser_support(variant):
     # in a native (decoded) export the same node would be an op the parser does not know
     odd = variant(None, {"model.onnx": lambda p: tiny_onnx(p, op="NMSDynamic_TRT")})
     assert device_problems(oss, odd) == ["TensorRT 8.2.1's ONNX parser does not support NMSDynamic_TRT"]
+
+
+@pytest.fixture(scope="module")
+def two_graph_package(tmp_path_factory):
+    """A packaged native export offering model_nms.onnx (NMSDynamic_TRT) to TensorRT devices."""
+    root = tmp_path_factory.mktemp("two-graphs")
+    export, images = untrained_export(root)
+    return build_package(export, root / "pkg", images, count=2)
+
+
+def _with_plugins(probe, plugins):
+    probe["nvinfer_plugin"]["plugins"] = plugins
+    return probe
+
+
+@pytest.mark.parametrize("tensorrt", ["8.0.1", "8.2.1", "10.3.0"])
+def test_the_plugin_graph_passes_preflight_on_tensorrt(two_graph_package, tensorrt):
+    """JetPack 4.6 (8.0.1), 4.6.1+ (8.2.1) and TensorRT 10: a device whose plugin library has NMSDynamic_TRT runs the
+    plugin graph, and every op of it parses there."""
+    device = _with_plugins(ready_nano(tensorrt=tensorrt), ["BatchTilePlugin_TRT", "NMSDynamic_TRT", "NMS_TRT"])
+    assert device_graph(device, two_graph_package)["model_file"] == "model_nms.onnx"
+    assert device_problems(device, two_graph_package) == []
+    assert build_problems(device, two_graph_package) == []
+
+
+def test_without_the_plugin_a_device_takes_the_decoded_graph_and_is_not_refused(two_graph_package):
+    for device in (ready_nano(), _with_plugins(ready_nano(tensorrt="11.0.0"), ["EfficientNMS_TRT"]),
+                   ready_nano(nvinfer_plugin=None)):
+        assert device_graph(device, two_graph_package)["model_file"] == "model.onnx"
+        assert device_problems(device, two_graph_package) == []
+    cpu = cpu_device()
+    assert device_graph(cpu, two_graph_package) == two_graph_package.meta["graphs"]["onnxruntime"]
+    assert device_problems(cpu, two_graph_package) == []
+
+
+def test_the_plugin_graphs_ops_are_checked_for_the_device_that_runs_it(two_graph_package, tmp_path):
+    """An op of the plugin graph that TensorRT 8.0 lacks refuses a device that runs the plugin graph, not one that
+    runs the decoded graph."""
+    import onnx
+    from onnx import helper
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(two_graph_package.path, pkg)
+    model = onnx.load(str(pkg / "model_nms.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "Softmax")
+    model.graph.node.insert(list(model.graph.node).index(node) + 1, helper.make_node(
+        "Round", [node.output[0]], ["rounded"]))  # an extra op (dead end): what matters is the op list
+    onnx.save(model, str(pkg / "model_nms.onnx"))
+    package = load_package(pkg)
+    with_plugin = _with_plugins(ready_nano(tensorrt="8.0.1"), ["NMSDynamic_TRT", "NMS_TRT"])
+    assert device_problems(with_plugin, package) == ["TensorRT 8.0.1's ONNX parser does not support Round"]
+    assert device_problems(ready_nano(tensorrt="8.0.1"), package) == []
