@@ -370,9 +370,6 @@ def check_native(spec, task="train"):
                                          or t.visualizer.HasField("wandb_config")):
             warn("training_config.visualizer", "ignored: the native backend writes no TensorBoard events and "
                  "starts no ClearML/W&B task of its own (the train-ssd flow tracks runs in ClearML)")
-    if task == "export" and raw.nms_config.infer_nms_score_bits:
-        warn("nms_config.infer_nms_score_bits", "ignored: the native ONNX export ends before NMS (the device runs "
-                                                "it), so there is no NMS plugin to pass scoreBits to")
     if task == "evaluate" and raw.eval_config.visualize_pr_curve:
         warn("eval_config.visualize_pr_curve", "ignored: the native evaluate writes no PR_curve.png (the "
                                                "train-ssd flow's report plots PR curves)")

@@ -307,10 +307,9 @@ def test_evaluate_names_visualize_pr_curve_as_ignored(tmp_path, caplog):
     assert f"[WARNING] taoflow.backends.native: {spec}:35: eval_config.visualize_pr_curve: ignored" in out
 
 
-def test_export_names_infer_nms_score_bits_as_ignored():
+def test_export_takes_infer_nms_score_bits_for_the_nms_plugin():
+    """The plugin graph passes it as NMSDynamic_TRT's scoreBits, as TAO's exporter does: not a field to warn about."""
     spec = parse_experiment_text(BASE.replace("top_k: 200", "top_k: 200\n  infer_nms_score_bits: 12"), task="export",
                                  path="e.txt")
-    assert check_native(spec, task="export") == [
-        "e.txt:40: nms_config.infer_nms_score_bits: ignored: the native ONNX export ends before NMS (the device "
-        "runs it), so there is no NMS plugin to pass scoreBits to"]
+    assert check_native(spec, task="export") == []
     assert check_native(spec, task="train") == []
