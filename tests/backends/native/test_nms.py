@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from taoflow.backends.native.nms import (
+from taoflow.contract.nms import (
     eval_predictions,
     greedy_nms,
     iou_matrix,
