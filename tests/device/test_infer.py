@@ -1,5 +1,13 @@
-"""Preprocessing, NMS and the one NMS-layout parser, driven with synthetic arrays in TAO's exact layout."""
+"""Preprocessing, NMS and the one NMS-layout parser, driven with synthetic arrays in TAO's exact layout.
 
+The vectorised NMS, parser and preprocessing must give what the plain loops they replaced gave, bit for bit: those
+loops are kept below as oracles (`reference_*`) and compared on random inputs built to hit ties (scores, IoU exactly
+at the threshold, the top_k cut) and degenerate boxes.
+"""
+
+import json
+
+import cv2
 import numpy as np
 import pytest
 from agent_common import AgentError
@@ -137,3 +145,187 @@ def test_compare_follows_the_package_rule():
     # a device detection matching a low-confidence expected one is not "extra"
     low = compare(expected, [det("car", 0.9, [0, 0, 10, 10]), det("plate", 0.6, [50, 50, 60, 60])], 0.5, 0.3)
     assert low["missing"] == [] and low["extra"] == []
+
+
+# --- oracles: the one-by-one loops the vectorised code replaced, kept verbatim ----------------------------------
+
+def reference_preprocess(image_bgr, input_spec):
+    width, height = int(input_spec["width"]), int(input_spec["height"])
+    resized = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+    if int(input_spec["channels"]) == 1:
+        pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif input_spec.get("channel_order", "BGR") == "RGB":
+        pixels = resized[:, :, ::-1]
+    else:
+        pixels = resized
+    mean = np.asarray(input_spec["mean"], dtype=np.float32).reshape(1, 1, -1)
+    chw = ((pixels.astype(np.float32) - mean) * np.float32(input_spec["scale"])).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw[None], dtype=np.float32)
+
+
+def reference_iou_one_to_many(box, boxes):
+    ix1 = np.maximum(box[0], boxes[:, 0])
+    iy1 = np.maximum(box[1], boxes[:, 1])
+    ix2 = np.minimum(box[2], boxes[:, 2])
+    iy2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def reference_greedy_nms(boxes, scores, iou_threshold):
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best = order[0]
+        keep.append(int(best))
+        rest = order[1:]
+        order = rest[reference_iou_one_to_many(boxes[best], boxes[rest]) <= iou_threshold]
+    return keep
+
+
+def reference_decoded_to_nms(boxes, scores, nms):
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    batch, keep_top_k = boxes.shape[0], int(nms["keep_top_k"])
+    out = np.zeros((batch, 1, keep_top_k, 7), dtype=np.float32)
+    out[:, 0, :, 1] = -1
+    counts = np.zeros((batch, 1, 1, 1), dtype=np.int32)
+    for n in range(batch):
+        out[n, 0, :, 0] = n
+        found = []
+        for label in range(1, scores.shape[2]):
+            cls = scores[n, :, label]
+            candidates = np.nonzero(cls > nms["confidence_threshold"])[0]
+            if candidates.size == 0:
+                continue
+            candidates = candidates[np.argsort(-cls[candidates], kind="stable")[:int(nms["top_k"])]]
+            for i in reference_greedy_nms(boxes[n, candidates], cls[candidates], nms["iou_threshold"]):
+                found.append((float(cls[candidates[i]]), label, boxes[n, candidates[i]]))
+        found.sort(key=lambda item: -item[0])
+        found = found[:keep_top_k]
+        for row, (score, label, box) in enumerate(found):
+            out[n, 0, row, 1:3] = (label, score)
+            out[n, 0, row, 3:7] = box
+        counts[n, 0, 0, 0] = len(found)
+    return out, counts
+
+
+def reference_parse_nms(nms_out, keep_count, image_index, labels, width, height):
+    count = int(np.asarray(keep_count).reshape(-1)[image_index])
+    detections = []
+    for row in np.asarray(nms_out)[image_index, 0][:count]:
+        label = int(round(float(row[1])))
+        if label <= 0:
+            continue
+        if label >= len(labels):
+            raise AgentError("NMS label id {} but the model has {} classes".format(label, len(labels) - 1))
+        x1, y1, x2, y2 = np.clip(row[3:7].astype(np.float64), 0.0, 1.0)
+        detections.append({"label": labels[label], "confidence": round(float(row[2]), 6),
+                           "box": [round(x1 * width, 2), round(y1 * height, 2),
+                                   round(x2 * width, 2), round(y2 * height, 2)]})
+    return detections
+
+
+# --- the vectorised code against the oracles ---------------------------------------------------------------------
+
+def tie_prone_case(rng):
+    """Decoded outputs on coarse grids: equal scores (also at the top_k cut and at the confidence threshold), IoUs
+    exactly at the NMS threshold, degenerate and flipped boxes, and a few NaN scores and coordinates."""
+    batch, anchors, classes = int(rng.integers(1, 3)), int(rng.integers(0, 70)), int(rng.integers(1, 4))
+    boxes = rng.integers(0, 9, size=(batch, anchors, 4)).astype(np.float32) / 8
+    flip = rng.random((batch, anchors)) < 0.8  # most boxes ordered, some flipped or empty
+    lo, hi = np.minimum(boxes[..., :2], boxes[..., 2:]), np.maximum(boxes[..., :2], boxes[..., 2:])
+    boxes[flip] = np.concatenate([lo, hi], axis=-1)[flip]
+    scores = rng.integers(0, 9, size=(batch, anchors, classes + 1)).astype(np.float32) / 8
+    if anchors and rng.random() < 0.3:
+        scores[0, rng.integers(0, anchors), rng.integers(0, classes + 1)] = np.nan
+        boxes[0, rng.integers(0, anchors), rng.integers(0, 4)] = np.nan
+    nms = {"confidence_threshold": float(rng.choice([0.0, 0.25, 0.5])),
+           "iou_threshold": float(rng.choice([0.0, 0.25, 0.5, 0.6, 1.0])),
+           "top_k": int(rng.choice([1, 3, 10, 100])), "keep_top_k": int(rng.choice([1, 5, 50]))}
+    return boxes, scores, nms
+
+
+def test_decoded_to_nms_equals_the_one_by_one_loop_on_tie_prone_inputs():
+    rng = np.random.default_rng(14)
+    nonempty = 0
+    for _ in range(400):
+        boxes, scores, nms = tie_prone_case(rng)
+        out, counts = decoded_to_nms(boxes, scores, nms)
+        want_out, want_counts = reference_decoded_to_nms(boxes, scores, nms)
+        np.testing.assert_array_equal(out, want_out, err_msg=repr(nms))
+        np.testing.assert_array_equal(counts, want_counts)
+        assert out.dtype == want_out.dtype and counts.dtype == want_counts.dtype
+        nonempty += int(counts.sum() > 0)
+    assert nonempty > 200  # the cases do exercise NMS, not only empty outputs
+
+
+def test_greedy_nms_equals_the_one_by_one_loop_and_keeps_iou_at_the_threshold():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        boxes = rng.integers(0, 5, size=(int(rng.integers(0, 40)), 4)).astype(np.float32) / 4
+        scores = rng.integers(0, 4, size=len(boxes)).astype(np.float32)
+        threshold = float(rng.choice([0.0, 0.25, 0.5, 1 / 3]))
+        assert greedy_nms(boxes, scores, threshold) == reference_greedy_nms(boxes, scores, threshold)
+    # IoU exactly 0.5 is not > 0.5: both stay; equal scores rank by index
+    pair = np.array([[0, 0, 1, 1], [0, 0, 0.5, 1]], np.float32)
+    assert greedy_nms(pair, np.array([0.5, 0.5], np.float32), 0.5) == [0, 1]
+    assert greedy_nms(pair, np.array([0.5, 0.5], np.float32), 0.49) == [0]
+    assert greedy_nms(pair, np.array([0.4, 0.5], np.float32), 0.49) == [1]
+
+
+def test_a_suppressed_box_suppresses_nothing():
+    # b overlaps a and c; a suppresses b, so c (disjoint from a) stays even though b would have suppressed it.
+    a, b, c = [0, 0, 2, 2], [1, 0, 3, 2], [2, 0, 4, 2]
+    boxes = np.array([a, b, c], np.float32) / 4
+    assert greedy_nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.3) == [0, 2]
+
+
+def test_parse_nms_equals_the_row_loop_and_filters_on_the_rounded_confidence():
+    rng = np.random.default_rng(3)
+    labels = ["background", "car", "plate", "sign"]
+    for _ in range(200):
+        rows = int(rng.integers(1, 30))
+        out = np.zeros((2, 1, rows, 7), np.float32)
+        out[:, 0, :, 1] = rng.choice([-1, 0, 1, 2, 3, 1.5, 2.5], size=(2, rows))
+        out[:, 0, :, 2] = rng.random((2, rows)).astype(np.float32)
+        out[:, 0, :, 3:7] = (rng.random((2, rows, 4)) * 1.2 - 0.1).astype(np.float32)
+        counts = rng.integers(0, rows + 1, size=(2, 1, 1, 1)).astype(np.int32)
+        width, height = int(rng.integers(1, 2000)), int(rng.integers(1, 2000))
+        for image in (0, 1):
+            got = parse_nms(out, counts, image, labels, width, height)
+            want = reference_parse_nms(out, counts, image, labels, width, height)
+            assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+            cut = float(rng.choice([0.0, 0.3, 0.5]))
+            assert parse_nms(out, counts, image, labels, width, height, min_confidence=cut) == [
+                d for d in want if d["confidence"] >= cut]
+
+
+def test_parse_nms_rejects_a_label_that_is_not_a_number():
+    out, counts = tao_nms([[(1, 0.9, 0, 0, 1, 1)]])
+    out[0, 0, 0, 1] = np.nan
+    with pytest.raises(AgentError, match="not a class number"):
+        parse_nms(out, counts, 0, LABELS, 10, 10)
+
+
+@pytest.mark.parametrize("spec", [
+    SPEC,
+    {**SPEC, "channel_order": "RGB", "mean": [1.5, 2.25, 3.0], "scale": 0.017},
+    {**SPEC, "channels": 1, "mean": [117.3786], "scale": 1.0 / 255},
+    {**SPEC, "width": 224, "height": 224},
+])
+def test_preprocess_equals_the_plain_expression_and_reuses_its_output(spec):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, size=(37, 61, 3), dtype=np.uint8)
+    first = preprocess(image, spec)
+    np.testing.assert_array_equal(first, reference_preprocess(image, spec))
+    other = rng.integers(0, 256, size=(48, 20, 3), dtype=np.uint8)
+    again = preprocess(other, spec, out=first)
+    assert again is first  # written in place
+    np.testing.assert_array_equal(again, reference_preprocess(other, spec))
+    wrong = np.zeros((1, 3, 2, 2), np.float32)
+    assert preprocess(image, spec, out=wrong) is not wrong  # another shape: a new array, the old one untouched
+    assert not wrong.any()

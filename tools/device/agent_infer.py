@@ -16,85 +16,150 @@ import numpy as np
 from agent_common import AgentError
 
 
-def preprocess(image_bgr, input_spec):
+def preprocess(image_bgr, input_spec, out=None):
     """One BGR uint8 image -> float32 [1, C, H, W] exactly as TAO SSD ("caffe" mode) expects.
 
     Plain resize (no letterbox), per-channel mean subtraction in the model's channel order, then `scale`
-    (1.0 for TAO: no scaling).
+    (1.0 for TAO: no scaling). `out`, the array an earlier call returned, is written over when its shape fits
+    (the detect loop keeps one per frame in flight instead of allocating one per frame).
     """
     if image_bgr is None or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise AgentError("expected a 3-channel BGR image")
     width, height = int(input_spec["width"]), int(input_spec["height"])
     resized = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_LINEAR)
     if int(input_spec["channels"]) == 1:
-        pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
+        planes = [cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)]
     elif input_spec.get("channel_order", "BGR") == "RGB":
-        pixels = resized[:, :, ::-1]
+        planes = [resized[:, :, 2], resized[:, :, 1], resized[:, :, 0]]
     else:
-        pixels = resized
-    mean = np.asarray(input_spec["mean"], dtype=np.float32).reshape(1, 1, -1)
-    chw = ((pixels.astype(np.float32) - mean) * np.float32(input_spec["scale"])).transpose(2, 0, 1)
-    return np.ascontiguousarray(chw[None], dtype=np.float32)
+        planes = [resized[:, :, 0], resized[:, :, 1], resized[:, :, 2]]
+    shape = (1, len(planes), height, width)
+    if out is None or out.shape != shape or out.dtype != np.float32 or not out.flags["C_CONTIGUOUS"]:
+        out = np.empty(shape, np.float32)
+    mean = np.asarray(input_spec["mean"], dtype=np.float32).reshape(-1)
+    scale = np.float32(input_spec["scale"])
+    for c, plane in enumerate(planes):
+        # dtype pins the float32 loop: numpy 1.19 would otherwise pick float16 for uint8 - float32 scalar.
+        np.subtract(plane, mean[c], out=out[0, c], dtype=np.float32)
+        if scale != 1:  # x * 1 is x: skipping it changes no bit
+            np.multiply(out[0, c], scale, out=out[0, c])
+    return out
 
 
-def iou_one_to_many(box, boxes):
-    """IoU of one [4] box with [M, 4] boxes, normalised coordinates (no +1 on widths, as the plugin does)."""
-    ix1 = np.maximum(box[0], boxes[:, 0])
-    iy1 = np.maximum(box[1], boxes[:, 1])
-    ix2 = np.minimum(box[2], boxes[:, 2])
-    iy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+def _suppression_matrix(boxes, iou_threshold):
+    """[K, K] bool: IoU(boxes[j], boxes[i]) > iou_threshold in the sense of the one-box-against-the-rest loop
+    (tests/device/test_infer.py keeps it): normalised float32 boxes, no +1 on widths (as the plugin), IoU 0 where
+    the union is not positive, and "suppress" meaning "not iou <= threshold". Row j holds, bit for bit, what that
+    loop computes for box j: the same float32 operations in the same order (max, min, a product of two sides and
+    the sum of two areas do not depend on operand order), done in place on three K x K buffers."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    a = np.maximum.outer(x1, x1)
+    b = np.maximum.outer(y1, y1)
+    inter = np.minimum.outer(x2, x2)
+    inter -= a
+    np.clip(inter, 0, None, out=inter)
+    np.minimum.outer(y2, y2, out=a)
+    a -= b
+    np.clip(a, 0, None, out=a)
+    inter *= a
+    areas = (x2 - x1) * (y2 - y1)
+    union = np.add.outer(areas, areas, out=b)
+    union -= inter
+    ratio = np.maximum(union, 1e-12, out=a)
+    np.divide(inter, ratio, out=ratio)
+    suppress = ~(ratio <= iou_threshold)
+    positive = union > 0
+    if (np.zeros(1, np.float32) <= iou_threshold)[0]:  # where the union is not positive the loop compares 0.0
+        suppress &= positive
+    else:
+        suppress |= ~positive
+    return suppress
+
+
+def greedy_keep(ranked_boxes, iou_threshold, limit=None):
+    """Positions kept by greedy NMS of boxes already in rank order (best first): a box whose IoU with a kept,
+    better-ranked box is > iou_threshold is suppressed. At most `limit`, best first.
+
+    The result of the one-by-one loop (pick the best left, drop what it overlaps, repeat), from one matrix: only
+    boxes that overlap another one can suppress anything, so only those are walked through, in rank order.
+    """
+    count = len(ranked_boxes)
+    if count == 0:
+        return np.zeros(0, dtype=np.intp)
+    suppresses = _suppression_matrix(ranked_boxes, iou_threshold)
+    suppressed = np.zeros(count, dtype=bool)
+    # Rows with an overlap besides the box itself: the only ones that can suppress a later box.
+    for j in np.flatnonzero(np.count_nonzero(suppresses, axis=1) > suppresses.diagonal()).tolist():
+        if not suppressed[j]:
+            suppressed[j + 1:] |= suppresses[j, j + 1:]
+    kept = np.flatnonzero(~suppressed)
+    return kept if limit is None else kept[:max(0, int(limit))]
 
 
 def greedy_nms(boxes, scores, iou_threshold):
-    """Indices kept, highest score first; a box with IoU > threshold to a kept one is suppressed."""
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        best = order[0]
-        keep.append(int(best))
-        rest = order[1:]
-        order = rest[iou_one_to_many(boxes[best], boxes[rest]) <= iou_threshold]
-    return keep
+    """Indices kept, highest score first (ties in index order); IoU > threshold to a kept one suppresses."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return order[greedy_keep(np.asarray(boxes)[order], iou_threshold)].tolist()
+
+
+def rank_top_k(anchors, values, top_k):
+    """The first `top_k` of `anchors` by descending value, ties in anchor order: the plugin's stable sort cut at
+    top_k (`sorted(...)[:top_k]`), without sorting every candidate: a partition finds the top_k-th value first."""
+    if 0 < top_k < anchors.size:
+        cut = np.partition(values, anchors.size - top_k)[anchors.size - top_k]  # the top_k-th largest
+        above = np.flatnonzero(values > cut)
+        ties = np.flatnonzero(values == cut)[:top_k - above.size]
+        pick = np.sort(np.concatenate([above, ties]))  # back in anchor order, so the stable sort breaks ties alike
+        anchors, values = anchors[pick], values[pick]
+    return anchors[np.argsort(-values, kind="stable")[:top_k]]
 
 
 def decoded_to_nms(boxes, scores, nms):
-    """`decoded` outputs -> (NMS [N,1,K,7] float32, NMS_1 [N,1,1,1] int32) with K = nms['keep_top_k']."""
+    """`decoded` outputs -> (NMS [N,1,K,7] float32, NMS_1 [N,1,1,1] int32) with K = nms['keep_top_k'].
+
+    Per image and class: candidates scoring > confidence_threshold, the best top_k of them, greedy NMS; then the
+    survivors of all classes by score (stable: ties keep class, then rank order), the first keep_top_k.
+    """
     boxes = np.asarray(boxes, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float32)
     if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
         raise AgentError("decoded outputs must be boxes [N, A, 4] and scores [N, A, C+1]; got {} and {}".format(
             list(boxes.shape), list(scores.shape)))
-    batch, keep_top_k = boxes.shape[0], int(nms["keep_top_k"])
+    batch, keep_top_k, top_k = boxes.shape[0], int(nms["keep_top_k"]), int(nms["top_k"])
+    threshold, iou_threshold = nms["confidence_threshold"], nms["iou_threshold"]
     out = np.zeros((batch, 1, keep_top_k, 7), dtype=np.float32)
+    out[:, 0, :, 0] = np.arange(batch, dtype=np.float32)[:, None]
     out[:, 0, :, 1] = -1  # padding rows, as the plugin writes them
     counts = np.zeros((batch, 1, 1, 1), dtype=np.int32)
     for n in range(batch):
-        out[n, 0, :, 0] = n
-        found = []  # (score, label, box)
+        kept_scores, kept_labels, kept_anchors = [], [], []
         for label in range(1, scores.shape[2]):
             cls = scores[n, :, label]
-            candidates = np.nonzero(cls > nms["confidence_threshold"])[0]
-            if candidates.size == 0:
+            anchors = np.flatnonzero(cls > threshold)
+            if anchors.size == 0:
                 continue
-            candidates = candidates[np.argsort(-cls[candidates], kind="stable")[:int(nms["top_k"])]]
-            for i in greedy_nms(boxes[n, candidates], cls[candidates], nms["iou_threshold"]):
-                found.append((float(cls[candidates[i]]), label, boxes[n, candidates[i]]))
-        found.sort(key=lambda item: -item[0])  # stable: ties keep class then anchor order
-        found = found[:keep_top_k]
-        for row, (score, label, box) in enumerate(found):
-            out[n, 0, row, 1:3] = (label, score)
-            out[n, 0, row, 3:7] = box
-        counts[n, 0, 0, 0] = len(found)
+            anchors = rank_top_k(anchors, cls[anchors], top_k)
+            # A class's survivors past keep_top_k rank below keep_top_k of its own: never among the first overall.
+            anchors = anchors[greedy_keep(boxes[n, anchors], iou_threshold, keep_top_k)]
+            kept_scores.append(cls[anchors])
+            kept_labels.append(np.full(anchors.size, label, dtype=np.float32))
+            kept_anchors.append(anchors)
+        if not kept_scores:
+            continue
+        found = np.concatenate(kept_scores)
+        order = np.argsort(-found, kind="stable")[:keep_top_k]
+        rows = out[n, 0, :order.size]
+        rows[:, 1] = np.concatenate(kept_labels)[order]
+        rows[:, 2] = found[order]
+        rows[:, 3:7] = boxes[n, np.concatenate(kept_anchors)[order]]
+        counts[n, 0, 0, 0] = order.size
     return out, counts
 
 
-def parse_nms(nms_out, keep_count, image_index, labels, width, height):
-    """The one parser: rows of image `image_index` -> [{label, confidence, box (pixels of the original)}]."""
+def parse_nms(nms_out, keep_count, image_index, labels, width, height, min_confidence=None):
+    """The one parser: rows of image `image_index` -> [{label, confidence, box (pixels of the original)}], the
+    confidence rounded to 6 decimals and the box to 2; with min_confidence, only rows whose (rounded)
+    confidence is at least that."""
     nms_out = np.asarray(nms_out)
     keep_count = np.asarray(keep_count)
     if nms_out.ndim != 4 or nms_out.shape[1] != 1 or nms_out.shape[3] != 7:
@@ -106,19 +171,26 @@ def parse_nms(nms_out, keep_count, image_index, labels, width, height):
     rows = nms_out[image_index, 0]
     if not 0 <= count <= rows.shape[0]:
         raise AgentError("NMS_1 says {} detections but NMS holds {} rows".format(count, rows.shape[0]))
-    detections = []
-    for row in rows[:count]:
-        label = int(round(float(row[1])))
-        if label <= 0:  # background or padding
-            continue
-        if label >= len(labels):
-            raise AgentError("NMS label id {} but the model has {} classes".format(label, len(labels) - 1))
-        # The plugin can emit coordinates a hair outside [0, 1]; off-image pixels are of no use to anyone.
-        x1, y1, x2, y2 = np.clip(row[3:7].astype(np.float64), 0.0, 1.0)
-        detections.append({"label": labels[label], "confidence": round(float(row[2]), 6),
-                           "box": [round(x1 * width, 2), round(y1 * height, 2),
-                                   round(x2 * width, 2), round(y2 * height, 2)]})
-    return detections
+    rows = rows[:count]
+    label_values = rows[:, 1].astype(np.float64)
+    if not np.isfinite(label_values).all():
+        raise AgentError("NMS label id {} is not a class number".format(
+            label_values[~np.isfinite(label_values)][0]))
+    ids = np.round(label_values)  # half to even, as round() does
+    real = ids > 0  # the rest is background or padding
+    bad = np.flatnonzero(real & (ids >= len(labels)))
+    if bad.size:
+        raise AgentError("NMS label id {} but the model has {} classes".format(int(ids[bad[0]]), len(labels) - 1))
+    confidences = [round(c, 6) for c in rows[:, 2].astype(np.float64).tolist()]
+    if min_confidence is not None:
+        real &= np.array([c >= min_confidence for c in confidences], dtype=bool).reshape(-1)
+    picked = np.flatnonzero(real)
+    # The plugin can emit coordinates a hair outside [0, 1]; off-image pixels are of no use to anyone.
+    corners = np.clip(rows[picked, 3:7].astype(np.float64), 0.0, 1.0)
+    pixels = np.round(corners * np.array([width, height, width, height], dtype=np.float64), 2).tolist()
+    names = ids[picked].astype(np.intp).tolist()
+    return [{"label": labels[name], "confidence": confidences[i], "box": box}
+            for i, name, box in zip(picked.tolist(), names, pixels)]
 
 
 def box_iou(a, b):
