@@ -36,6 +36,8 @@ COMMANDS = {
     ("fleet", "status"): ("taoflow.deploy.cli", "models, versions and passports on each device", "status"),
     ("fleet", "rollback"): ("taoflow.deploy.cli", "switch a device back to its previous (or a given) version",
                             "rollback"),
+    ("fleet", "service"): ("taoflow.deploy.cli", "the detector service on each device: install | status | stop | logs",
+                           "service"),
     ("device", "doctor"): ("taoflow.deploy.cli", "what a device has and lacks for deploys, with advice", "doctor"),
     ("device", "detect"): ("taoflow.deploy.cli", "run a device's model on a video, images, a camera or a stream",
                            "detect"),

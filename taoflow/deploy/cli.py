@@ -262,3 +262,102 @@ def run_detect(args):
         if path:
             print(f"  {kind}: {device.name}:{path}")
     return 0
+
+
+# --- fleet service ---------------------------------------------------------------------------------------------
+
+SERVICE_COLUMNS = ("device", "model", "mode", "state", "pid", "version", "fps", "frames", "dropped", "restarts",
+                   "error")
+
+
+def add_service_arguments(parser):
+    sub = parser.add_subparsers(dest="service_command", metavar="COMMAND", required=True)
+    helps = {"install": "write and start the detector service (detect --serve) on each device",
+             "status": "its state, pid, restarts and heartbeat (version, live FPS, frames, dropped, last error)",
+             "stop": "stop it (a systemd unit is disabled too: it does not start at boot until installed again)",
+             "logs": "the last lines of its journal (systemd) or log file (taoflow's supervisor)"}
+    for command, help_text in helps.items():
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        _inventory_argument(p)
+        p.add_argument("--model", help="model name (install: default the device's only model; others: every "
+                                       "service on the device)")
+        p.add_argument("--device", action="append", help="only this device (repeatable)")
+        p.add_argument("--tag", action="append", help="only devices with this tag (repeatable: all must match)")
+        if command != "logs":
+            p.add_argument("--json", action="store_true", help="print the agents' results as JSON")
+    install = sub.choices["install"]
+    install.add_argument("--source", required=True, help="on the device: a video file, an image folder, /dev/videoN, "
+                                                         "a GStreamer pipeline (CSI camera) or an rtsp:// URL")
+    install.add_argument("--jsonl", help="one JSON line per frame, appended to this file on the device")
+    install.add_argument("--loop", action="store_true", help="start a video file again at its end")
+    install.add_argument("--threshold", type=float, default=0.3, help="minimum confidence kept (default 0.3)")
+    install.add_argument("--runtime", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
+                         help="auto: the TensorRT engine where there is one, else ONNX Runtime")
+    install.epilog = ("The inventory's service_mode says how it runs: auto (a systemd user unit with lingering; a "
+                      "system unit for root; taoflow's own supervisor process where systemd does not run), user, "
+                      "system (sudo -n) or supervisor. It follows the model's `current` version: deploys swap the "
+                      "model in the running service.")
+    sub.choices["logs"].add_argument("--lines", type=int, default=100, help="last lines per service (default 100)")
+
+
+def run_service(args):
+    from . import DeployError, load_inventory
+    from . import service
+
+    fleet = load_inventory(args.inventory)
+    devices = fleet.select(args.device, args.tag)
+    if not devices:
+        raise DeployError(f"no device in {args.inventory} matches --device {args.device} --tag {args.tag}")
+    if args.service_command == "logs":
+        return _print_logs(service.logs(devices, args.model, args.lines, fleet.concurrency))
+    if args.service_command == "install":
+        if not 0 <= args.threshold <= 1:
+            raise DeployError(f"--threshold must be in [0, 1], not {args.threshold}")
+        results = service.install(devices, args.source, fleet.concurrency, name=args.model, jsonl=args.jsonl,
+                                  loop=args.loop, threshold=args.threshold, runtime=args.runtime)
+    else:
+        results = getattr(service, args.service_command)(devices, args.model, fleet.concurrency)
+    if args.json:
+        print(json.dumps({d: ({"error": str(r)} if isinstance(r, Exception) else r) for d, r in results.items()},
+                         indent=2, sort_keys=True))
+    else:
+        print(_table(service.rows(results), SERVICE_COLUMNS))
+    failed = [d for d, r in results.items() if isinstance(r, Exception)]
+    states = [s for r in results.values() if not isinstance(r, Exception) for s in r["services"].values()]
+    if args.service_command == "install":
+        for device, result in sorted(results.items()):
+            for name, s in sorted(({} if isinstance(result, Exception) else result["services"]).items()):
+                print(f"{device} {name}: {s.get('mode')}: {s.get('why')}", file=sys.stderr)
+                if not s.get("live"):
+                    for line in s.get("log_tail") or []:
+                        print(f"  {device} {name} log: {line}", file=sys.stderr)
+        trouble = [s for s in states if not s.get("live")]
+    elif args.service_command == "status":
+        trouble = [s for s in states if s["state"] in service.TROUBLE]
+    else:
+        trouble = [s for s in states if s["state"] not in ("stopped", "exited", "not-installed")]
+    if failed:
+        print(f"{len(failed)} of {len(results)} devices failed: {', '.join(sorted(failed))}", file=sys.stderr)
+    return 1 if failed or trouble else 0
+
+
+def _print_logs(results):
+    failed = 0
+    for device in sorted(results):
+        result = results[device]
+        if isinstance(result, Exception):
+            failed += 1
+            print(f"==> {device}: {getattr(result, 'reason', result)}", file=sys.stderr)
+            continue
+        if not result["services"]:
+            print(f"==> {device}: no detector service installed", file=sys.stderr)
+        for name, entry in sorted(result["services"].items()):
+            kind = {"supervisor": "supervisor log", None: "no service"}.get(entry.get("mode"), "journal")
+            print(f"==> {device} {name} ({kind}) <==")
+            if entry.get("note"):
+                print(f"note: {entry['note']}")
+            if entry.get("truncated"):
+                print("(older lines cut: the reply's size limit)")
+            for line in entry["lines"]:
+                print(line)
+    return 1 if failed else 0

@@ -20,11 +20,12 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULTS = {
     "user": None, "port": 22, "key": None, "known_hosts": None, "device_root": None, "python": "/usr/bin/python3",
     "connect_timeout": 15.0, "command_timeout": 900.0, "build_timeout": 3600.0, "concurrency": 8, "keep": 3,
-    "min_fps": 0.0, "live_timeout": 60.0,
+    "min_fps": 0.0, "live_timeout": 60.0, "service_mode": "auto",
 }
 DEVICE_KEYS = {"name", "host", "port", "user", "key", "host_key", "known_hosts", "tags", "device_root", "python",
-               "connect_timeout", "command_timeout", "build_timeout", "min_fps", "live_timeout"}
+               "connect_timeout", "command_timeout", "build_timeout", "min_fps", "live_timeout", "service_mode"}
 FLEET_ONLY = {"concurrency", "keep"}
+SERVICE_MODES = ("auto", "user", "system", "supervisor")  # the agent's (tools/device/agent_service.py MODES)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class Device:
     # rollout waits up to live_timeout seconds for its heartbeat to report the new version at >= min_fps.
     min_fps: float = 0.0
     live_timeout: float = 60.0
+    # How `taoflow fleet service install` runs the detector service there (tools/device/agent_service.py): "auto"
+    # (a systemd user unit, a system unit for root, taoflow's supervisor where systemd does not run), "user",
+    # "system" (through `sudo -n`) or "supervisor".
+    service_mode: str = "auto"
     source: str = ""          # "fleet.toml:12", for messages
 
     @property
@@ -232,6 +237,9 @@ def _device(check, path, i, table, defaults):
     for key in ("connect_timeout", "command_timeout", "build_timeout", "live_timeout"):
         check.value(merged, key, (int, float), "devices", i, 1, MAX_TIMEOUT)
     check.value(merged, "min_fps", (int, float), "devices", i, 0, 10000)
+    if check.value(merged, "service_mode", str, "devices", i) not in SERVICE_MODES:
+        check.fail(f"service_mode must be one of {', '.join(SERVICE_MODES)}, not {merged['service_mode']!r}",
+                   "devices", i, "service_mode")
     for key in ("device_root", "python"):
         if not merged[key].startswith("/"):
             check.fail(f"{key} must be an absolute path on the device, not {merged[key]!r}", "devices", i, key)
@@ -257,7 +265,7 @@ def _device(check, path, i, table, defaults):
         tags=tuple(tags),
         connect_timeout=float(merged["connect_timeout"]), command_timeout=float(merged["command_timeout"]),
         build_timeout=float(merged["build_timeout"]), min_fps=float(merged["min_fps"]),
-        live_timeout=float(merged["live_timeout"]),
+        live_timeout=float(merged["live_timeout"]), service_mode=merged["service_mode"],
         source=f"{path}:{check.where.get(('devices', i, None), '?')}")
 
 

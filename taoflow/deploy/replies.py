@@ -110,6 +110,18 @@ class OneOf:
         raise first
 
 
+class Choice:
+    """One of a few words."""
+
+    def __init__(self, *words):
+        self.words = words
+
+    def __call__(self, value, where):
+        if value not in self.words:
+            raise _Bad(where, f"expected one of {', '.join(self.words)}, got {_describe(value)}")
+        return value
+
+
 class Opt:
     def __init__(self, spec):
         self.spec = spec
@@ -201,6 +213,19 @@ PROBE = Obj({
     "import_errors": Opt(Map(Str)), "imports_checked": Opt(Bool),
     "models": Map(Obj({"current": Opt(Name), "passport": Opt(PASSPORT), "service": SERVICE}), key=Name),
 }, required=("runtimes", "models", "modules"))
+# The detector service (agent service-*, tools/device/agent_service.py): its state per model, and its log lines.
+SERVICE_STATES = ("running", "starting", "restarting", "stopping", "stopped", "exited", "failed", "missing", "unknown",
+                  "not-installed")
+SERVICE_STATE = Obj({"name": Name, "installed": Bool, "state": Choice(*SERVICE_STATES),
+                     "mode": Opt(Choice("user", "system", "supervisor")), "unit": Opt(Str), "source": Opt(Str),
+                     "enabled": Opt(Bool), "pid": Opt(Num(integer=True)), "supervisor_pid": Opt(Num(integer=True)),
+                     "restarts": Opt(Num(integer=True)), "since": Opt(Num()),
+                     "exit_status": Opt(Num(integer=True, minimum=None)), "live": Opt(Bool), "why": Opt(Str),
+                     "heartbeat": SERVICE, "log_tail": Opt(List(Str))}, required=("name", "installed", "state"))
+SERVICES = Obj({"services": Map(SERVICE_STATE, key=Name)}, required=("services",))
+SERVICE_LOGS = Obj({"services": Map(Obj({"name": Name, "mode": Opt(Choice("user", "system", "supervisor")),
+                                         "lines": List(Str), "truncated": Opt(Bool), "note": Opt(Str)},
+                                        required=("name", "lines")), key=Name)}, required=("services",))
 RESULTS = {
     "probe": PROBE,
     "build": Obj({"runtime": Opt(Str), "runtime_version": Opt(Str), "engine_sha256": Opt(Str),
@@ -215,6 +240,10 @@ RESULTS = {
                    "ms_per_frame": Obj({"pre": Num(), "infer": Num(), "post": Num(), "total": Num()},
                                        required=("pre", "infer", "post", "total")),
                    "outputs": Opt(Map(Opt(Str)))}, required=("version", "frames", "ms_per_frame")),
+    "service-install": SERVICES,
+    "service-status": SERVICES,
+    "service-stop": SERVICES,
+    "service-logs": SERVICE_LOGS,
 }
 ENVELOPE = Obj({"ok": Bool, "protocol": Num(integer=True), "cpu_s": Opt(Num()), "error": Opt(Str),
                 "details": Opt(Any), "traceback": Opt(Str)}, required=("ok", "protocol"))

@@ -13,6 +13,12 @@
   status   [--name N]                     installed versions, passports and current
   detect   --name N --source S [...]      run the current model on a video, images, a camera or a stream
   discard  --name N --version V           remove a staged version that will not be activated
+  service-install --source S [--name N]   install and start the detector service (detect --serve): a systemd
+           [--mode M] [--wait SECONDS]    unit, or where systemd does not run, this agent's own supervisor
+  service-status [--name N]               its state, pid, restarts and heartbeat
+  service-stop   [--name N]               stop it (and disable its unit)
+  service-logs   [--name N] [--lines K]   the last lines of its journal or log
+  service-supervise --name N              the fallback supervisor itself (started by service-install)
 
 Every command prints exactly one JSON object on stdout: {"ok": true, "result": ...} or {"ok": false, "error":
 ..., "details": ...}, both with "cpu_s" (the command's CPU seconds), exit status 0 or 1 (2 for an agent bug).
@@ -70,6 +76,8 @@ def run(args):
                                       args.loop, args.max_frames, args.seconds)
         return agent_detect.detect(args.root, args.name, args.source, args.version, args.video_out, args.jsonl,
                                    args.kitti_dir, args.max_frames, args.seconds, args.threshold, args.runtime)
+    if args.command.startswith("service-"):
+        return _service(args)
     import agent_store
     if args.command == "activate":
         return agent_store.activate(args.root, args.name, args.version, args.keep, args.wave, args.rollout)
@@ -80,6 +88,20 @@ def run(args):
     if args.command == "revert":
         return agent_store.revert(args.root, args.name, args.version, args.fence)
     return agent_store.status(args.root, args.name)
+
+
+def _service(args):
+    import agent_service
+    if args.command == "service-install":
+        return agent_service.install(args.root, args.name, args.source, args.jsonl, args.threshold, args.runtime,
+                                     args.loop, args.mode, args.wait)
+    if args.command == "service-status":
+        return agent_service.status(args.root, args.name)
+    if args.command == "service-stop":
+        return agent_service.stop(args.root, args.name)
+    if args.command == "service-logs":
+        return agent_service.logs(args.root, args.name, args.lines)
+    return agent_service.supervise(args.root, args.name)
 
 
 def _smoke(args):
@@ -160,7 +182,25 @@ def build_parser():
     p.add_argument("--loop", action="store_true", help="with --serve: start a video file again at its end")
     p = sub.add_parser("status")
     p.add_argument("--name", default=None)
+    _service_parsers(sub)
     return parser
+
+
+def _service_parsers(sub):
+    p = sub.add_parser("service-install")
+    p.add_argument("--name", default=None, help="model name (default: the device's only model)")
+    p.add_argument("--source", required=True, help="what detect --serve reads (see detect)")
+    p.add_argument("--jsonl", default=None, help="one JSON line per frame, appended")
+    p.add_argument("--threshold", type=float, default=0.3, help="minimum confidence kept")
+    p.add_argument("--runtime", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--loop", action="store_true", help="start a video file again at its end")
+    p.add_argument("--mode", choices=("auto", "user", "system", "supervisor"), default="auto",
+                   help="systemd user or system unit, or the agent's own supervisor (auto: see agent_service)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the service's first heartbeat")
+    for name in ("service-status", "service-stop", "service-logs"):
+        sub.add_parser(name).add_argument("--name", default=None, help="one model (default: every service)")
+    sub.choices["service-logs"].add_argument("--lines", type=int, default=100)
+    sub.add_parser("service-supervise").add_argument("--name", required=True)
 
 
 def cpu_seconds():
