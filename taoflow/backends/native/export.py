@@ -48,8 +48,9 @@ from .evaluate import load_model_for, preprocess, read_image
 
 log = logging.getLogger(__name__)
 MAX_OPSET = 13  # TensorRT 8.0/8.2's parser: opsets up to 13
-# The plugin's inputs from ONNX Runtime against PyTorch's on the same batch: relative error (scale floored at
-# 1e-2, as the flows' export parity gate measures it) within this; float32 kernels differ by ~1e-6 here.
+# The plugin's inputs from ONNX Runtime against PyTorch's on the same batch: the largest difference relative to
+# the tensor's largest magnitude (floored at 1e-2) within this. Two float32 runtimes differ by ~1e-5 of that on
+# noise images, where activations are larger than on photos; a wrong layout, order or variance by O(1).
 PARITY_TOLERANCE = 1e-3
 PARITY_BATCH = 2  # images in the check batch of a dynamic-batch export (the batch axis is exercised too)
 # DeepStream: TAO's SSD parser NvDsInferParseCustomNMSTLT is built by NVIDIA-AI-IOT/deepstream_tao_apps
@@ -326,20 +327,23 @@ def check_plugin_graph(plugin_model, inputs, spec, nms, static_batch_size, name)
     session = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(list(PLUGIN_INPUTS), {"Input": batch})
     want = inputs.plugin_inputs(torch.from_numpy(batch))
+    worst = 0.0
     for tensor, g, e in zip(PLUGIN_INPUTS, got, want):
         if g.shape != e.shape:
             raise TaoflowError(f"{name}: {tensor} from ONNX Runtime has shape {list(g.shape)}, PyTorch's "
                                f"{list(e.shape)}")
-        err = float(np.max(np.abs(g - e) / np.maximum(np.abs(e), 1e-2), initial=0.0))
+        err = float(np.max(np.abs(g - e), initial=0.0)) / max(float(np.max(np.abs(e), initial=0.0)), 1e-2)
         if not err <= PARITY_TOLERANCE:
-            raise TaoflowError(f"{name}: {tensor} from ONNX Runtime differs from PyTorch's by {err:.2e} (relative; "
-                               f"tolerance {PARITY_TOLERANCE})")
+            raise TaoflowError(f"{name}: {tensor} from ONNX Runtime differs from PyTorch's by {err:.2e} of its "
+                               f"largest value (tolerance {PARITY_TOLERANCE})")
+        worst = max(worst, err)
     anchors, loc, conf = want
     n, classes = loc.shape[0], len(spec.classes) + 1
     if conf.shape[1] != loc.shape[1] // 4 * classes or anchors.shape[2] != loc.shape[1]:
         raise TaoflowError(f"{name}: plugin input sizes disagree: loc_data {list(loc.shape)}, conf_data "
                            f"{list(conf.shape)} for {classes} classes, anchor_data {list(anchors.shape)}")
-    log.info("%s: plugin inputs match PyTorch on %d images (%d anchors)", name, n, loc.shape[1] // 4)
+    log.info("%s: plugin inputs match PyTorch on %d images (%d anchors; largest difference %.1e of the largest "
+             "value)", name, n, loc.shape[1] // 4, worst)
 
 
 def write_ds_config(out_dir, sidecar, parser_lib=None):
