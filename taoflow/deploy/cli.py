@@ -334,8 +334,8 @@ def run_service(args):
         trouble = [s for s in states if not s.get("live")]
     elif args.service_command == "status":
         trouble = [s for s in states if s["state"] in service.TROUBLE]
-    else:
-        trouble = [s for s in states if s["state"] not in ("stopped", "exited", "not-installed")]
+    else:  # stop: whatever state a service ends in, it must not be running any more
+        trouble = [s for s in states if s["state"] in ("running", "starting", "restarting", "stopping", "unknown")]
     if failed:
         print(f"{len(failed)} of {len(results)} devices failed: {', '.join(sorted(failed))}", file=sys.stderr)
     return 1 if failed or trouble else 0

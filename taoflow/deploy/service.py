@@ -14,6 +14,7 @@ from .ssh import Session, with_retries
 
 LOG_LINES_MAX = 2000  # the agent's limit too (agent_service.LOG_LINES_MAX)
 INSTALL_MARGIN_S = 120  # beyond live_timeout: an old service stopped (20 s), lingering enabled, units reloaded
+TROUBLE = ("restarting", "failed", "missing", "unknown")  # states `fleet service status` exits 1 for
 
 
 async def _agent(device, command, args, timeout=None, retries=4):
@@ -94,6 +95,3 @@ def rows(results):
                         "error": beat.get("last_error") or ("" if live or s["state"] != "running" else
                                                             "no heartbeat from this process yet")})
     return out
-
-
-TROUBLE = ("restarting", "failed", "missing", "unknown")  # states `fleet service status` exits 1 for

@@ -517,8 +517,10 @@ def _stop(root, name, record, remove_unit=False):
         _stop_supervisor(root, name)
         return
     systemd = Systemd(record["mode"])
-    props, _ = systemd.show(record["unit"])
-    if props is not None and props.get("LoadState") != "not-found":
+    props, error = systemd.show(record["unit"])
+    if props is None:
+        raise AgentError("cannot ask systemd about {}: {}".format(record["unit"], error))
+    if props.get("LoadState") != "not-found":
         systemd.check(systemd.privileged(systemd.systemctl("disable", "--now", record["unit"])))
     if remove_unit:
         systemd.remove_unit(record["unit"])
@@ -774,7 +776,7 @@ class _Supervisor(object):
     def __init__(self, root, name, argv):
         self.root, self.name, self.argv = root, name, argv
         self.log = _Log(_log_path(root, name))
-        self.stopping, self.child, self.kill_at = False, None, None
+        self.stopping, self.child, self.kill_at, self.announced = None, None, None, False
         self.state = {"supervisor_pid": os.getpid(), "restarts": 0, "state": "starting", "child_pid": None,
                       "since": None, "last_exit": None}
         self.preexec = _prctl_deathsig()
@@ -786,12 +788,17 @@ class _Supervisor(object):
         write_json_atomic(_state_path(self.root, self.name), self.state)
 
     def on_signal(self, signum, frame):
+        """Nothing is written here: a handler that wrote to the log could run inside the main loop's own write."""
         if not self.stopping:
-            self.stopping = True
+            self.stopping = signal.Signals(signum).name
             self.kill_at = time.monotonic() + STOP_TIMEOUT_S
-            self.log.line("supervisor: {} received, stopping the service".format(signal.Signals(signum).name))
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signal.SIGTERM)
+
+    def announce_stop(self):
+        if self.stopping and not self.announced:
+            self.announced = True
+            self.log.line("supervisor: {} received, stopping the service".format(self.stopping))
 
     def run(self):
         wake_r, wake_w = os.pipe()  # signals wake the select() below (PEP 475 would otherwise resume it)
@@ -807,6 +814,7 @@ class _Supervisor(object):
                 began = time.monotonic()
                 code = self.run_once(wake_r)
                 if self.stopping:
+                    self.announce_stop()
                     self.log.line("supervisor: the service stopped (exit status {})".format(code))
                     break
                 if code == 0:  # Restart=on-failure: a clean end (a video without --loop) is not restarted
@@ -822,6 +830,7 @@ class _Supervisor(object):
                 delay = min(2 * delay, BACKOFF_MAX_S)
                 if not self.stopping:
                     self.record(restarts=self.state["restarts"] + 1)
+            self.announce_stop()
             self.record(state="stopped", child_pid=None)
             return {"name": self.name, "state": "stopped", "restarts": self.state["restarts"]}
         finally:
@@ -846,6 +855,7 @@ class _Supervisor(object):
             ready, _, _ = select.select([out, wake_r], [], [], timeout)
             if wake_r in ready:
                 os.read(wake_r, 512)
+            self.announce_stop()
             if self.stopping and time.monotonic() >= self.kill_at and self.child.poll() is None:
                 self.log.line("supervisor: no exit {} s after SIGTERM: SIGKILL".format(STOP_TIMEOUT_S))
                 self.child.kill()
