@@ -15,8 +15,13 @@ from .. import results as R
 
 # The code each step's output depends on (taoflow.store.code_version paths): a change there invalidates that step's
 # stored results, and only those.
-STEP_CODE = {"train": ("backends/native",), "evaluate": ("backends/native",), "prune": ("backends/native/prune.py",),
-             "export": ("backends/native/export.py",), "infer": ("backends/native",)}
+# The reference NMS (validation, evaluate, inference) and the model package's fields, plugin attributes and TensorRT
+# checks (export) live in taoflow/contract.
+STEP_CODE = {"train": ("backends/native", "contract/nms.py"), "evaluate": ("backends/native", "contract/nms.py"),
+             "prune": ("backends/native/prune.py",),
+             "export": ("backends/native/export.py", "contract/nms.py", "contract/model_package.py",
+                        "contract/trt_ops.py"),
+             "infer": ("backends/native", "contract/nms.py")}
 
 
 class NativeExecutor:
