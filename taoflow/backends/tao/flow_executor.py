@@ -42,8 +42,8 @@ class TaoFlowExecutor:
 
     def code_version(self, _step):
         """Digest of the code that runs TAO's steps and reads their outputs (part of every stage's cache key); the
-        container's own version is TAO's."""
-        return code_version("backends/tao", "backends/results.py")
+        container's own version is TAO's; model.json's fields come from the contract."""
+        return code_version("backends/tao", "backends/results.py", "contract/model_package.py")
 
     def model_stats(self, model_path):
         """Parameters, GFLOPs and CPU latency: unknown on the host for TAO's models (only its containers load them)."""
