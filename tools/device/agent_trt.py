@@ -1,15 +1,18 @@
 """TensorRT + pycuda runtime for serialized engines (TrtSSD-style), for JetPack 4.6 (TRT 8.0/8.2) and TRT 10.
 
 This cannot run without a Jetson or an NVIDIA GPU; it is imported only when `tensorrt` imports. The calls used and
-the TensorRT versions that have them (TensorRT Python API docs; "removed" per NVIDIA's 8.x -> 10.x migration guide,
-"Removed Python APIs and Replacements"; "added 8.5" per the 8.5 release, which introduced the named-tensor API):
+the TensorRT versions that have them (the Python bindings, NVIDIA/TensorRT python/src/infer/pyCore.cpp at 8.0.1,
+8.2.1 and v10.0.1; "removed" per NVIDIA's 8.x -> 10.x migration guide, "Removed Python APIs and Replacements";
+the named-tensor API came with 8.5). tests/device/test_trt_calls.py pins these calls with stand-ins of exactly
+these API surfaces:
 
   call                                                  8.0  8.2  10.x  notes
-  trt.Logger, trt.Runtime, trt.init_libnvinfer_plugins   y    y    y    plugins: NMS_TRT, BatchTilePlugin_TRT
+  trt.Logger, trt.Runtime, trt.init_libnvinfer_plugins   y    y    y    plugins: NMS_TRT, NMSDynamic_TRT, ...
   Runtime.deserialize_cuda_engine(bytes)                 y    y    y
   ICudaEngine.create_execution_context()                 y    y    y
   trt.nptype(DataType)                                   y    y    y
-  ICudaEngine.has_implicit_batch_dimension, max_batch_size  y  y   -    implicit batch is gone in 10.0
+  ICudaEngine.has_implicit_batch_dimension, max_batch_size  y  y   -    10: the first warns (deprecated), the
+                                                                        second is gone; neither is read there
   ICudaEngine.num_bindings, get_binding_name,            y    y    -    removed in 10.0
     binding_is_input, get_binding_shape, get_binding_dtype
   IExecutionContext.execute_async(batch_size, bindings, stream_handle)  y  y  -  implicit-batch engines (UFF
@@ -29,14 +32,43 @@ the TensorRT versions that have them (TensorRT Python API docs; "removed" per NV
 Three execution paths, chosen by feature, not by version string: implicit-batch engines (TAO 3/4 .etlt built by
 tao-converter on JetPack 4: binding shapes have no batch axis) run with execute_async(batch_size); explicit-batch
 engines run with the bindings API on 8.0-8.4 and with the named-tensor API where it exists (8.5+, only one in 10).
-The context is created explicitly instead of `import pycuda.autoinit` so that close() releases the GPU before the
-agent exits and a failed load leaves no context behind.
+
+CUDA context (pycuda's rules, src/cpp/cuda.hpp): the context is made explicitly (not `import pycuda.autoinit`,
+which would tie one to whichever thread imported it first and keep it to the end of the process) and is current
+only while the model works: infer() pushes it in the calling thread and pops it after, so the detector service
+can load a model in one thread and run it in another. Everything allocated in it (stream, buffers, TensorRT's
+objects) is released while it is current, then it is detached while current, which destroys it whatever thread
+closes the model (pycuda silently leaks a context detached from another thread while not current).
+
+The NMS plugins (NMS_TRT, NMSDynamic_TRT) declare their keep-count output FLOAT but write int32 into it
+(plugin/nmsPlugin/nmsPlugin.cpp getOutputDataType: "use kFLOAT instead as they have same sizeof";
+gatherTopDetections.cu writes through int*; DeepStream's NvDsInferParseCustomNMSTLT reads it as int*): the
+buffer is read as int32 bits (keep_counts below).
 """
 
 import numpy as np
 
 from agent_common import AgentError
 from agent_infer import decoded_to_nms
+
+
+def keep_counts(raw, rows):
+    """NMS_1 as int32 [N, 1, 1, 1]: int32 bits in a buffer TensorRT calls float32 (the plugins, see above); a
+    buffer of actual float counts (an engine with a cast after the plugin) is read by value. `rows`: keep_top_k."""
+    raw = np.ascontiguousarray(raw)
+    if raw.dtype == np.int32:
+        counts = raw
+    elif raw.dtype == np.float32:
+        bits = raw.view(np.int32)
+        if ((bits >= 0) & (bits <= rows)).all():
+            counts = bits
+        elif np.isfinite(raw).all() and (raw == np.round(raw)).all():
+            counts = raw.astype(np.int32)
+        else:
+            raise AgentError("NMS_1 holds neither int32 counts nor whole numbers: {}".format(raw.reshape(-1)[:4]))
+    else:
+        counts = raw.astype(np.int32)
+    return counts.reshape(-1, 1, 1, 1)
 
 
 class TensorRTModel(object):
@@ -48,20 +80,27 @@ class TensorRTModel(object):
         self.cuda, self.trt = cuda, trt
         self.version = trt.__version__
         self.meta = meta
+        self.engine_path = engine_path
+        self.runtime = self.engine = self.context = self.stream = None
+        self.buffers = {}  # name -> (host pagelocked array, device allocation) for the current batch shape
+        self.batch = None
         cuda.init()
-        self.ctx = cuda.Device(0).make_context()
+        self.ctx = cuda.Device(0).make_context()  # made current in this thread
         try:
             self._load(engine_path)
         except BaseException:
-            self.ctx.pop()
-            self.ctx.detach()
+            try:
+                self._release()
+            finally:
+                self.ctx.detach()  # current here: destroyed (and popped)
+                self.ctx = None
             raise
         self.ctx.pop()  # infer() and close() push it again around every use
 
     def _load(self, engine_path):
         trt, cuda = self.trt, self.cuda
         logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(logger, "")  # registers NMS_TRT / BatchTilePlugin_TRT before deserializing
+        trt.init_libnvinfer_plugins(logger, "")  # registers the NMS plugins before deserializing
         with open(engine_path, "rb") as f:
             blob = f.read()
         self.runtime = trt.Runtime(logger)
@@ -72,8 +111,11 @@ class TensorRTModel(object):
                              "plugin library?)".format(self.version), engine_path)
         self.context = self.engine.create_execution_context()
         self.stream = cuda.Stream()
-        self.implicit = bool(getattr(self.engine, "has_implicit_batch_dimension", False))
-        self.named = hasattr(self.engine, "num_io_tensors") and not self.implicit
+        self.named = hasattr(self.engine, "num_io_tensors")  # 8.5+; the only API in 10
+        # Implicit batch needs the bindings API (gone in 10, where the flag is deprecated and always false).
+        self.implicit = hasattr(self.engine, "num_bindings") and bool(self.engine.has_implicit_batch_dimension)
+        if self.implicit:
+            self.named = False
         self.tensors = self._io_tensors()
         input_name = self.meta["input"]["name"]
         if input_name not in self.tensors or not self.tensors[input_name]["input"]:
@@ -81,11 +123,9 @@ class TensorRTModel(object):
         out = self.meta["output"]
         self.output_names = ["NMS", "NMS_1"] if out["kind"] == "tao_nms" else [out["boxes"], out["scores"]]
         for name in self.output_names:
-            if name not in self.tensors:
+            if name not in self.tensors or self.tensors[name]["input"]:
                 raise AgentError("engine has no output tensor {!r} (has {})".format(
                     name, sorted(self.tensors)), engine_path)
-        self.buffers = {}  # name -> (host pagelocked array, device allocation) for the current batch size
-        self.batch = None
 
     def _io_tensors(self):
         engine, trt = self.engine, self.trt
@@ -94,55 +134,69 @@ class TensorRTModel(object):
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
                 tensors[name] = {"index": i, "input": engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                                 "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(name)))}
+                                 "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+                                 "shape": tuple(engine.get_tensor_shape(name))}
         else:  # TRT 8.0 / 8.2 bindings
             for i in range(engine.num_bindings):
-                name = engine.get_binding_name(i)
-                tensors[name] = {"index": i, "input": engine.binding_is_input(i),
-                                 "dtype": np.dtype(trt.nptype(engine.get_binding_dtype(i)))}
+                tensors[engine.get_binding_name(i)] = {
+                    "index": i, "input": bool(engine.binding_is_input(i)),
+                    "dtype": np.dtype(trt.nptype(engine.get_binding_dtype(i))),
+                    "shape": tuple(engine.get_binding_shape(i))}
         return tensors
 
     def _set_batch(self, shape):
-        """Set the input shape (dynamic batch) and (re)allocate every I/O buffer for it."""
+        """Set the input shape (dynamic batch), then (re)allocate every I/O buffer for it."""
+        shape = tuple(int(d) for d in shape)
         input_name = self.meta["input"]["name"]
-        index = self.tensors[input_name]["index"]
-        if self.implicit:
+        info = self.tensors[input_name]
+        if self.implicit:  # binding shapes exclude the batch axis
+            if shape[1:] != info["shape"]:
+                raise AgentError("engine input is {} per image; got {}".format(list(info["shape"]), list(shape)))
             if shape[0] > self.engine.max_batch_size:
-                raise AgentError("batch {} exceeds the engine's max batch {}".format(shape[0],
-                                                                                  self.engine.max_batch_size))
+                raise AgentError("batch {} exceeds the engine's max batch {}".format(
+                    shape[0], self.engine.max_batch_size))
+        elif -1 not in info["shape"]:  # static: nothing to set, but it must fit
+            if shape != info["shape"]:
+                raise AgentError("engine input is {}; got {}".format(list(info["shape"]), list(shape)))
         elif self.named:
-            if not self.context.set_input_shape(input_name, tuple(shape)):
-                raise AgentError("engine rejects input shape {}".format(list(shape)))
-        elif -1 in tuple(self.engine.get_binding_shape(index)):
-            if not self.context.set_binding_shape(index, tuple(shape)):
-                raise AgentError("engine rejects input shape {}".format(list(shape)))
-        for _, device in self.buffers.values():
-            device.free()
-        self.buffers = {}
-        for name, info in self.tensors.items():
-            if self.implicit:  # binding shapes exclude the batch axis
-                dims = (shape[0],) + tuple(self.engine.get_binding_shape(info["index"]))
+            if not self.context.set_input_shape(input_name, shape):
+                raise AgentError("engine rejects input shape {} (its profile allows {})".format(
+                    list(shape), list(info["shape"])))
+        elif not self.context.set_binding_shape(info["index"], shape):
+            raise AgentError("engine rejects input shape {} (its profile allows {})".format(
+                list(shape), list(info["shape"])))
+        self._free_buffers()
+        for name, tensor in self.tensors.items():
+            if self.implicit:
+                dims = (shape[0],) + tensor["shape"]
             elif self.named:
                 dims = tuple(self.context.get_tensor_shape(name))
             else:
-                dims = tuple(self.context.get_binding_shape(info["index"]))
+                dims = tuple(self.context.get_binding_shape(tensor["index"]))
             if any(d < 0 for d in dims):
                 raise AgentError("tensor {} still has a dynamic shape {}".format(name, list(dims)))
-            host = self.cuda.pagelocked_empty(int(np.prod(dims)), info["dtype"]).reshape(dims)
+            host = self.cuda.pagelocked_empty(int(np.prod(dims)), tensor["dtype"]).reshape(dims)
             device = self.cuda.mem_alloc(max(host.nbytes, 1))
             self.buffers[name] = (host, device)
-            if self.named:
-                self.context.set_tensor_address(name, int(device))
-        self.batch = tuple(shape)
+            if self.named and not self.context.set_tensor_address(name, int(device)):
+                raise AgentError("TensorRT refuses the buffer of tensor {}".format(name))
+        self.batch = shape
 
-    def infer(self, batch):
+    def _free_buffers(self):
+        buffers, self.buffers = self.buffers, {}
+        for _, device in buffers.values():
+            device.free()  # the host arrays go with `buffers`, while the context is current
+
+    def run_raw(self, batch):
+        """The engine alone on a float32 [N, C, H, W] batch: copies of its outputs (NMS rows and the raw keep
+        count, or decoded boxes and scores), in this thread, with the context current only meanwhile."""
         cuda = self.cuda
         self.ctx.push()
         try:
             if self.batch != tuple(batch.shape):
                 self._set_batch(batch.shape)
             host, device = self.buffers[self.meta["input"]["name"]]
-            np.copyto(host, batch.astype(host.dtype, copy=False))
+            np.copyto(host, batch, casting="same_kind")
             cuda.memcpy_htod_async(device, host, self.stream)
             if self.named:
                 ok = self.context.execute_async_v3(self.stream.handle)
@@ -154,28 +208,42 @@ class TensorRTModel(object):
                     ok = self.context.execute_async(batch_size=batch.shape[0], bindings=bindings,
                                                     stream_handle=self.stream.handle)
                 else:
-                    ok = self.context.execute_async_v2(bindings, self.stream.handle)
+                    ok = self.context.execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
             if not ok:
                 raise AgentError("TensorRT execution failed")
             for name in self.output_names:
                 out_host, out_device = self.buffers[name]
                 cuda.memcpy_dtoh_async(out_host, out_device, self.stream)
-            self.stream.synchronize()
-            first, second = [self.buffers[name][0].copy() for name in self.output_names]
+            self.stream.synchronize()  # the host buffers hold the outputs only from here
+            return [self.buffers[name][0].copy() for name in self.output_names]
         finally:
             self.ctx.pop()
+
+    def postprocess(self, raw):
+        """Outputs of run_raw -> TAO's NMS layout (numpy only: any thread, no CUDA context needed)."""
+        first, second = raw
         if self.meta["output"]["kind"] == "tao_nms":
-            # NMS_1 is int32 in the engine; a [N, keep_top_k*7] view from an old exporter is reshaped here.
-            return first.reshape(first.shape[0], 1, -1, 7), second.astype(np.int32).reshape(-1, 1, 1, 1)
+            # [N, keep_top_k, 7] from an implicit-batch engine, [N, 1, keep_top_k, 7] from an explicit one
+            rows = first.reshape(first.shape[0], 1, -1, 7)
+            return rows, keep_counts(second, rows.shape[2])
         return decoded_to_nms(first, second, self.meta["nms"])
 
+    def infer(self, batch):
+        return self.postprocess(self.run_raw(batch))
+
+    def _release(self):
+        """Everything made in the context, while it is current (pycuda frees a stream or buffer of a context that
+        is not current only in the context's own thread, and TensorRT frees its memory in the current one)."""
+        self._free_buffers()
+        self.stream = None
+        self.context = self.engine = self.runtime = None  # the order TensorRT wants them gone
+
     def close(self):
+        if self.ctx is None:
+            return
         self.ctx.push()
         try:
-            for _, device in self.buffers.values():
-                device.free()
-            self.buffers = {}
-            self.context = self.engine = self.runtime = None
+            self._release()
         finally:
-            self.ctx.pop()
-            self.ctx.detach()
+            self.ctx.detach()  # current here: destroyed and popped, whichever thread this is
+            self.ctx = None
