@@ -41,7 +41,7 @@ from ...contract.nms import NMS_OUTPUTS, NMS_PLUGIN, NMS_PLUGIN_NODE, PLUGIN_INP
 from ...contract.trt_ops import TARGET_RELEASES, parser_problems
 from ...errors import TaoflowError
 from ...fsutil import write_text_atomic
-from .box_coder import decode
+from .box_coder import MAX_LOG_RATIO, decode
 from .build import anchors_for
 from .checkpoint import file_sha256
 from .evaluate import load_model_for, preprocess, read_image
@@ -85,18 +85,25 @@ class ExportHead(torch.nn.Module):
 class PluginInputs(torch.nn.Module):
     """The trained network with its outputs laid out as TensorRT's NMS plugin reads them (TAO's exporter:
     Reshape((-1, 1, 1)) of mbox_loc and mbox_conf_softmax): loc_data [N, A*4, 1, 1], conf_data [N, A*C, 1, 1].
-    anchor_data, `prior` [1, 2, A*4, 1] tiled to the batch, is added in the graph (export_plugin_graph)."""
+    anchor_data, `prior` [1, 2, A*4, 1] tiled to the batch, is added in the graph (export_plugin_graph).
+
+    The size offsets are capped at MAX_LOG_RATIO / variance first (a Min): the plugin then decodes exactly what
+    box_coder.decode (the decoded graph, evaluate, inference) decodes, where TAO's plugin graph would let an
+    untrained or fp16 output overflow exp() into boxes that NMS then compares."""
 
     def __init__(self, model, anchors, variances):
         super().__init__()
         self.model = model
         count = anchors.shape[0]
-        variance = torch.tensor(variances, dtype=torch.float32).repeat(count)
-        self.register_buffer("prior", torch.stack([anchors.reshape(-1), variance]).reshape(1, 2, count * 4, 1))
+        variance = torch.tensor(variances, dtype=torch.float32)
+        self.register_buffer("prior", torch.stack([anchors.reshape(-1), variance.repeat(count)]).reshape(
+            1, 2, count * 4, 1))
+        self.register_buffer("max_size_offset", MAX_LOG_RATIO / variance[2:])
 
     def forward(self, x):
         conf, loc = self.model(x)
         n = x.shape[0]
+        loc = torch.cat([loc[..., :2], torch.minimum(loc[..., 2:], self.max_size_offset)], -1)
         return loc.reshape(n, -1, 1, 1), torch.softmax(conf, dim=-1).reshape(n, -1, 1, 1)
 
     def plugin_inputs(self, x):

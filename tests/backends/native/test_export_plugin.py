@@ -115,9 +115,9 @@ def test_up_to_the_plugin_onnx_runtime_gives_pytorchs_inputs(exported, checkpoin
 
 def test_the_two_graphs_detect_the_same_with_the_plugins_semantics(exported, checkpoint):
     """The plugin decodes CENTER_SIZE with its priorbox's variances, then NMS: on the plugin graph's inputs that is
-    the decoded graph's boxes and scores, so one expected.json serves TensorRT and ONNX Runtime devices. One
-    difference: the decoded graph caps a box's log size ratio (box_coder.MAX_LOG_RATIO, 62x its anchor) and the
-    plugin does not, as TAO's own decoding does not; an untrained model predicts such boxes, a trained one hardly."""
+    the decoded graph's boxes and scores, so one expected.json serves TensorRT and ONNX Runtime devices. The
+    untrained model predicts boxes far larger than their anchors: both graphs cap them alike (box_coder's
+    MAX_LOG_RATIO; in the plugin graph a Min before the plugin)."""
     from taoflow.backends.native.box_coder import MAX_LOG_RATIO
 
     written, meta = exported
@@ -128,17 +128,16 @@ def test_the_two_graphs_detect_the_same_with_the_plugins_semantics(exported, che
     plugin = PluginHostModel(open(written["onnx_nms"], "rb").read(), meta, written["onnx_nms"])
     p_boxes, p_scores = plugin.run(batch)
     loc = plugin.session.run(["loc_data"], {"Input": batch})[0].reshape(2, -1, 4)
-    capped = (loc[..., 2:] * np.float32(spec.variances[2:]) > MAX_LOG_RATIO).any(-1)
+    capped = np.isclose(loc[..., 2:] * np.float32(spec.variances[2:]), MAX_LOG_RATIO).any(-1)
+    assert capped.any()  # the case is exercised
     np.testing.assert_allclose(p_scores, scores, atol=1e-6)
-    np.testing.assert_allclose(p_boxes[~capped], boxes[~capped], atol=2e-5)
-    assert (np.abs(p_boxes[capped] - boxes[capped]).max(-1) > 2e-5).all()  # each difference is a capped box
-    scores[capped], p_scores[capped] = 0, 0
+    np.testing.assert_allclose(p_boxes, boxes, atol=1e-4)
     nms = meta["nms"]
     args = (nms["confidence_threshold"], nms["iou_threshold"], nms["top_k"], nms["keep_top_k"])
     rows, keep = nms_plugin(boxes, scores, *args)
     p_rows, p_keep = nms_plugin(p_boxes, p_scores, *args)
     np.testing.assert_array_equal(keep, p_keep)
-    np.testing.assert_allclose(rows, p_rows, atol=2e-5)
+    np.testing.assert_allclose(rows, p_rows, atol=1e-4)
 
 
 @pytest.mark.parametrize("release", TARGET_RELEASES)
