@@ -325,12 +325,12 @@ def check_plugin_graph(plugin_model, inputs, spec, nms, static_batch_size, name)
                            f"{'; '.join(problems)}")
     _check_parsers(plugin_model, name)
 
-    c, h, w = spec.effective.augmentation_config.output_channel, spec.effective.augmentation_config.output_height, \
-        spec.effective.augmentation_config.output_width
+    aug = spec.effective.augmentation_config
+    c, h, w = aug.output_channel, aug.output_height, aug.output_width
     count = static_batch_size if static_batch_size > 0 else PARITY_BATCH
     rng = np.random.default_rng(0)
     mean = np.asarray(spec.image_mean(), np.float32).reshape(1, -1, 1, 1)
-    batch = (rng.uniform(0, 255, (count, c, h, w)).astype(np.float32) - mean).astype(np.float32)
+    batch = (rng.uniform(0, 255, (count, c, h, w)).astype(np.float32) - mean).astype(np.float32)  # noise images
     session = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(list(PLUGIN_INPUTS), {"Input": batch})
     want = inputs.plugin_inputs(torch.from_numpy(batch))
