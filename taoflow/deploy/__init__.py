@@ -9,8 +9,8 @@ devices and returns JSON-ready dicts (per-device failures as DeployError values 
 from .errors import (AgentError, DeployError, HostKeyError, InventoryError, RemoteTimeout, UnreachableError,
                      UploadError)
 from .fleet import (Group, adeploy_all, adeploy_to_device, afetch_engine, afleet_status, aprobe, aprobe_all,
-                    arevert_device, arollback_device, astatus, deploy_all, deploy_to_device, engine_key,
-                    engine_key_id, fleet_status, group_by_engine_key, probe_all, revert_device, rollback_device)
+                    arevert_device, arollback_device, astatus, engine_key, engine_key_id, fleet_status,
+                    group_by_engine_key, rollback_device)
 from .inventory import Device, Fleet, load_inventory
 from .package import Package, load_package
 from .package_builder import build_package
@@ -22,8 +22,8 @@ from .ssh import Session, fingerprint, scan_host_key, trust_host_key
 __all__ = [
     "AgentError", "DeployError", "HostKeyError", "InventoryError", "RemoteTimeout", "UnreachableError",
     "UploadError", "Group", "adeploy_all", "adeploy_to_device", "afetch_engine", "afleet_status", "aprobe",
-    "aprobe_all", "arevert_device", "arollback_device", "astatus", "deploy_all", "deploy_to_device", "engine_key",
-    "engine_key_id", "fleet_status", "group_by_engine_key", "probe_all", "revert_device", "rollback_device",
+    "aprobe_all", "arevert_device", "arollback_device", "astatus", "engine_key", "engine_key_id", "fleet_status",
+    "group_by_engine_key", "rollback_device",
     "Device", "Fleet", "load_inventory", "Package", "load_package", "build_package", "build_problems",
     "choose_canary", "device_problems", "DeviceOutcome", "GroupOutcome", "RolloutReport", "passport_id",
     "arollout", "compare_detections", "rollout", "Session", "fingerprint", "scan_host_key", "trust_host_key",

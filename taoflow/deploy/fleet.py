@@ -2,7 +2,7 @@
 
 Each operation has an async form (`a...`) and a blocking wrapper of the same name without the `a`. Results are
 JSON-ready dicts; per-device failures come back as DeployError values in the result maps of the fleet-wide
-functions (`probe_all`, `deploy_all`, `fleet_status`) so one bad device never hides the others' results.
+functions (`aprobe_all`, `adeploy_all`, `fleet_status`) so one bad device never hides the others' results.
 
 A deploy never touches `current` until the new version passed its smoke test on that device: upload to
 staging/, build, smoke, then `activate` renames staging into models/ and switches `current` atomically. Any
@@ -72,10 +72,6 @@ async def aprobe(device, retries=4, imports=False, session=None, also=None):
 
 async def aprobe_all(devices, concurrency=8):
     return await for_each(devices, aprobe, concurrency)
-
-
-def probe_all(devices, concurrency=8):
-    return run_sync(aprobe_all(devices, concurrency))
 
 
 def engine_key(probe, package):
@@ -297,18 +293,9 @@ async def adiscard(device, name, version, retries=2, session=None):
         return await with_retries(s, lambda: call(s, "discard", "--name", name, "--version", version), retries)
 
 
-def deploy_to_device(device, package, **kwargs):
-    return run_sync(adeploy_to_device(device, package, **kwargs))
-
-
 async def adeploy_all(devices, package, *, name, concurrency=8, **kwargs):
     package = package if isinstance(package, Package) else load_package(package)
     return await for_each(devices, lambda d: adeploy_to_device(d, package, name=name, **kwargs), concurrency)
-
-
-def deploy_all(devices, package, *, name, concurrency=8, **kwargs):
-    """Deploy to every device at once (no canary, no waves): {device: result dict or DeployError}."""
-    return run_sync(adeploy_all(devices, package, name=name, concurrency=concurrency, **kwargs))
 
 
 # --- rollback, status, engine fetch --------------------------------------------------------------------------
@@ -350,10 +337,6 @@ def model_state(result, name, command, device=None):
     if state is None:
         raise ReplyError(f"agent {command} reported no state for model {name}", device)
     return state
-
-
-def revert_device(device, name, version, **kwargs):
-    return run_sync(arevert_device(device, name, version, **kwargs))
 
 
 async def astatus(device, name=None, retries=4):

@@ -443,7 +443,7 @@ async def arollout(devices, package, *, name, version=None, probes=None, wave_si
                    engine_dir=None, on_event=None):
     """Roll `package` out to `devices` as model `name`; returns a RolloutReport (never raises for one device).
 
-    probes: {device: probe or DeployError} from probe_all, if the caller probed already (a separate flow task);
+    probes: {device: probe or DeployError} from aprobe_all, if the caller probed already (a separate flow task);
     wave_size: devices per fan-out wave and group (default: `concurrency`); abort_threshold: the fraction of a
     wave that may fail without stopping the rollout; etlt_key: the .etlt key (sent on stdin only); engine_dir:
     where fetched engines are kept (default: a temp dir removed afterwards); on_event(dict): progress events

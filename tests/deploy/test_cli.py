@@ -7,7 +7,8 @@ import os
 import pytest
 
 from taoflow.cli import main
-from taoflow.deploy import deploy_all, load_inventory, load_package
+from taoflow.deploy import load_inventory, load_package
+from tests.deploy.sync import deploy_all
 
 
 def current(sim, name="lpd"):

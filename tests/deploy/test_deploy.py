@@ -10,9 +10,10 @@ import sys
 import asyncssh
 import pytest
 
-from taoflow.deploy import (AgentError, DeployError, HostKeyError, UnreachableError, deploy_all, deploy_to_device,
-                            fleet_status, group_by_engine_key, load_inventory, load_package, probe_all,
-                            rollback_device, scan_host_key, trust_host_key)
+from taoflow.deploy import (AgentError, DeployError, HostKeyError, UnreachableError, fleet_status,
+                            group_by_engine_key, load_inventory, load_package, rollback_device, scan_host_key,
+                            trust_host_key)
+from tests.deploy.sync import deploy_all, deploy_to_device, probe_all
 from taoflow.deploy.ssh import fingerprint
 
 

@@ -12,9 +12,10 @@ import cv2
 import pytest
 
 from taoflow.cli import main
-from taoflow.deploy import deploy_to_device, load_inventory, load_package
+from taoflow.deploy import load_inventory, load_package
 from taoflow.deploy.agent import agent_dir
 from taoflow.deploy.rollout import _iou
+from tests.deploy.sync import deploy_to_device
 
 pytestmark = pytest.mark.slow
 

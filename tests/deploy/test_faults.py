@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from taoflow.deploy import (AgentError, RemoteTimeout, Session, UnreachableError, UploadError, deploy_to_device,
-                            fleet_status, load_inventory, load_package)
+from taoflow.deploy import (AgentError, RemoteTimeout, Session, UnreachableError, UploadError, fleet_status,
+                            load_inventory, load_package)
+from tests.deploy.sync import deploy_to_device
 from taoflow.deploy.selftest import write_selftest_package
 from taoflow.deploy.ssh import CHUNK
 from taoflow.deploy.simulator import descendants

@@ -175,7 +175,8 @@ def test_server_dies_for_good_during_a_waves_activation_and_report_status_and_de
 def test_a_fenced_rollout_cannot_activate(sim_fleet, package_copy, tmp_path):
     """The host fences a rollout token when it fails or reverts a device; an agent of that rollout that runs
     on afterwards (its connection lost) is refused the switch."""
-    from taoflow.deploy import AgentError, deploy_to_device, revert_device
+    from taoflow.deploy import AgentError
+    from tests.deploy.sync import deploy_to_device, revert_device
     sims = sim_fleet(1)
     device = load_inventory(sims.write_inventory(sys.executable)).devices[0]
     first = load_package(package_copy("one"))
@@ -198,7 +199,7 @@ def test_file_names_with_backslashes_and_newlines_upload_and_verify(sim_fleet, s
     """sha256sum escapes such names on the device; read literally they never matched their checksum."""
     import shutil
 
-    from taoflow.deploy import deploy_to_device
+    from tests.deploy.sync import deploy_to_device
     sims = sim_fleet(1)
     device = load_inventory(sims.write_inventory(sys.executable)).devices[0]
     pkg = tmp_path / "odd"

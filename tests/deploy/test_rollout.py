@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from taoflow.cli import main as taoflow_main
-from taoflow.deploy import (build_package, compare_detections, deploy_all, fleet_status, load_inventory,
-                            load_package, probe_all, rollout)
+from taoflow.deploy import build_package, compare_detections, fleet_status, load_inventory, load_package, rollout
 from taoflow.deploy import ssh
 from taoflow.deploy.rollout import waves_of
 from tests.deploy.probes import package_variant, ready_nano
+from tests.deploy.sync import deploy_all, probe_all
 
 pytestmark = pytest.mark.slow
 
