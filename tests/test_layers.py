@@ -40,7 +40,7 @@ def tree_copy(tmp_path_factory):
     ("prefect", "taoflow/store.py", "import prefect"),
     ("contract", "taoflow/contract/results.py", "import taoflow.pipeline"),
     ("no-backend", "taoflow/deploy/rollout.py", "import taoflow.backends.native.export"),
-    ("backends", "taoflow/backends/tao/steps.py", "import taoflow.backends.native.nms"),
+    ("backends", "taoflow/backends/tao/steps.py", "import taoflow.backends.native.export"),
 ])
 def test_a_deliberate_violation_breaks_its_contract(tree_copy, contract, module, line):
     path = tree_copy / module

@@ -22,7 +22,7 @@ from .build import anchors_for, arch_from_spec
 from .checkpoint import build_from_checkpoint, check_matches_spec, load_checkpoint
 from .kitti_eval_data import load_kitti_eval_data, to_network_input
 from .loss import ssd_loss
-from .nms import eval_predictions, nms_plugin
+from ...contract.nms import eval_predictions, nms_plugin
 
 log = logging.getLogger(__name__)
 _VAL_CACHE = {}

@@ -16,7 +16,7 @@ import torch
 from ...errors import TaoflowError
 from .build import anchors_for
 from .evaluate import load_model_for, predict, preprocess, read_image
-from .nms import nms_plugin, parse_nms_output
+from ...contract.nms import nms_plugin, parse_nms_output
 from .predictions import ANNOTATED_DIR, LABELS_DIR, write_inference_outputs
 
 log = logging.getLogger(__name__)
