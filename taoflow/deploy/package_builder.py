@@ -424,30 +424,11 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     ships a native .etlt export's ONNX decoded on the host, for ONNX Runtime devices.
     """
     export_dir = Path(export_dir)
-    meta = read_export(export_dir)
     if etlt_devices not in ("tensorrt", "onnxruntime"):
         raise DeployError(f"etlt_devices {etlt_devices!r}: choose tensorrt or onnxruntime")
-    tao = meta["output"]["kind"] == "tao_nms"
-    model_path = export_dir / meta["model_file"]
-    is_etlt = model_path.suffix == ".etlt"
-    decoded = open_etlt(export_dir, meta, etlt_key or codec.key_from_env()) if is_etlt else None
-    if is_etlt and decoded is None and not tao:
-        raise DeployError(f"{model_path} is encrypted: give its key (etlt_key, or $TAO_MODEL_KEY) so the host can "
-                          f"decode it and compute the smoke expectations")
-    ship_onnx = is_etlt and etlt_devices == "onnxruntime"
-    if ship_onnx and (tao or decoded is None or decoded.payload != "onnx"):
-        raise DeployError(f"{model_path}: only a native .etlt export (an ONNX payload without the NMS plugin) can be "
-                          f"shipped decoded to ONNX Runtime devices; TAO's graph needs TensorRT's NMS plugin")
-    # the host runs the graph: always for a native export; for TAO's, when it decoded an ONNX .etlt (ending in the
-    # NMS plugin, which the host replaces by its reference implementation)
-    host_graph = decoded.data if tao and decoded is not None and decoded.payload == "onnx" else None
-    if tao and host_graph is None and reference_labels is None:
-        why = {None: "", "uff": " (a UFF payload: TAO 3/4)"}.get(decoded and decoded.payload, "")
-        hint = "" if decoded is not None or not is_etlt else \
-            "; or the .etlt's key (ONNX payload), to run it on the host"
-        raise DeployError(f"{model_path} is TAO's export{why}, which only TensorRT runs: give the labels TAO's "
-                          f"`ssd inference` wrote for the sample images (reference_labels){hint}")
-    if tao and host_graph is None and score_threshold < reference_threshold + RECORD_MARGIN:
+    export = _Export(export_dir, read_export(export_dir), etlt_key, etlt_devices)
+    export.check_runnable(reference_labels)
+    if export.tao and export.host_graph is None and score_threshold < reference_threshold + RECORD_MARGIN:
         # expected.json must hold detections down to score_threshold - RECORD_MARGIN, and TAO wrote none below
         # its own threshold
         log.info("score threshold %.2f -> %.2f: TAO's inference labels stop at %.2f", score_threshold,
@@ -457,59 +438,19 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
         raise DeployError(f"passport must be a dict, not {type(passport).__name__}")
     if count < 1 or not 0 <= score_threshold <= 1 or not 0 < iou_threshold <= 1:
         raise DeployError("count must be >= 1 and score/iou thresholds in [0, 1]")
-    candidates = []
-    for path in evenly_spaced(list_images(images), max_candidates):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            log.warning("skipping %s: not a readable image", path)
-            continue
-        candidates.append((path, image))
-    if not candidates:
-        raise DeployError(f"none of the sample images in {images} could be read")
-    floor = max(0.0, score_threshold - RECORD_MARGIN)
-    if tao and host_graph is None:
-        detections = reference_detections(candidates, reference_labels, list(meta["classes"]))
-        host = {"runtime": "tao ssd inference", "threshold": reference_threshold}
-    elif tao:
-        model = PluginHostModel(host_graph, meta, model_path)
-        detections = model.detect([(p.name, im) for p, im in candidates], floor)
-        host = {"runtime": "onnxruntime", "runtime_version": model.version,
-                "graph": f"up to {model.plugin}, then taoflow's reference decoding and NMS with its attributes"}
-    else:
-        model = HostModel(decoded.data if decoded is not None else model_path, meta, model_path)
-        detections = model.detect([(p.name, im) for p, im in candidates], floor)
-        host = {"runtime": "onnxruntime", "runtime_version": model.version}
-        plugin_graph = graph_for(meta, "tensorrt") if "graphs" in meta else None
-        if plugin_graph is not None and plugin_graph["output"]["kind"] == "tao_nms":
-            host["graphs"] = check_plugin_graph(export_dir / plugin_graph["model_file"], meta, candidates,
-                                                detections, floor, score_threshold, iou_threshold)
-    if decoded is not None:
-        meta = dict(meta, etlt=dict(meta.get("etlt") or {}, **etlt_facts(decoded)))
-    shipped = meta["model_file"]
-    if ship_onnx:
-        shipped = str(Path(meta["model_file"]).with_suffix(".onnx"))
-        meta = dict(meta, model_file=shipped, etlt=dict(meta["etlt"], decoded_on_host=True, etlt_file=model_path.name,
-                                                         etlt_sha256=sha256_file(model_path)))
+    candidates = read_candidates(images, max_candidates)
+    detections, host = export.host_detections(candidates, max(0.0, score_threshold - RECORD_MARGIN), score_threshold,
+                                              iou_threshold, reference_labels, reference_threshold)
     chosen = pick_samples(detections, count, score_threshold)
     if not any(d["confidence"] > score_threshold for n in chosen for d in detections[n]):
         log.warning("no sample image has a host detection above %s: the smoke test will only prove that the "
                     "model runs and detects nothing", score_threshold)
-    by_name = {p.name: p for p, _ in candidates}
     expected = {"iou_threshold": iou_threshold, "score_threshold": score_threshold,
                 "images": {name: detections[name] for name in chosen},
-                "host": dict(host, model_sha256=decoded.sha256 if ship_onnx else sha256_file(model_path))}
+                "host": dict(host, model_sha256=export.shipped_sha256())}
+    by_name = {p.name: p for p, _ in candidates}
     with atomic_dir(dest, replace=replace) as tmp:
-        if ship_onnx:
-            (tmp / shipped).write_bytes(decoded.data)
-        else:
-            shutil.copy2(model_path, tmp / shipped)
-        for name in graph_files(meta)[1:]:  # the other graphs model.json offers (the plugin graph)
-            shutil.copy2(export_dir / name, tmp / name)
-        for name in ("labels.txt",) + OPTIONAL_FILES + (() if is_etlt else ("model.json",)):
-            if (export_dir / name).is_file():
-                shutil.copy2(export_dir / name, tmp / name)
-        if is_etlt:  # model.json as exported, plus what the host learnt from the decoded .etlt (never the key)
-            (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        export.write_model(tmp)
         (tmp / "samples").mkdir()
         for name in chosen:
             shutil.copy2(by_name[name], tmp / "samples" / name)
@@ -519,3 +460,99 @@ def build_package(export_dir, dest, images, *, passport=None, count=8, score_thr
     log.info("model package %s: %d samples, %d expected detections above %s", dest, len(chosen),
              sum(1 for n in chosen for d in detections[n] if d["confidence"] > score_threshold), score_threshold)
     return load_package(dest)
+
+
+def read_candidates(images, max_candidates):
+    """[(path, BGR image)] of up to max_candidates readable images spread over the sorted list."""
+    candidates = []
+    for path in evenly_spaced(list_images(images), max_candidates):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.warning("skipping %s: not a readable image", path)
+            continue
+        candidates.append((path, image))
+    if not candidates:
+        raise DeployError(f"none of the sample images in {images} could be read")
+    return candidates
+
+
+class _Export:
+    """An export as the package builder sees it: what it is (native or TAO's, plain or .etlt), what the host can
+    run of it to compute the smoke expectations, and which files ship."""
+
+    def __init__(self, export_dir, meta, etlt_key, etlt_devices):
+        self.dir, self.meta = export_dir, meta
+        self.tao = meta["output"]["kind"] == "tao_nms"
+        self.model_path = export_dir / meta["model_file"]
+        self.is_etlt = self.model_path.suffix == ".etlt"
+        self.decoded = open_etlt(export_dir, meta, etlt_key or codec.key_from_env()) if self.is_etlt else None
+        self.ship_onnx = self.is_etlt and etlt_devices == "onnxruntime"
+        # the host runs the graph: always for a native export; for TAO's, when it decoded an ONNX .etlt (ending in
+        # the NMS plugin, which the host replaces by its reference implementation)
+        self.host_graph = self.decoded.data if self.tao and self.decoded is not None and \
+            self.decoded.payload == "onnx" else None
+
+    def check_runnable(self, reference_labels):
+        """Refuse an export whose smoke expectations nothing can compute, or that cannot ship as asked."""
+        model_path, decoded = self.model_path, self.decoded
+        if self.is_etlt and decoded is None and not self.tao:
+            raise DeployError(f"{model_path} is encrypted: give its key (etlt_key, or $TAO_MODEL_KEY) so the host "
+                              f"can decode it and compute the smoke expectations")
+        if self.ship_onnx and (self.tao or decoded is None or decoded.payload != "onnx"):
+            raise DeployError(f"{model_path}: only a native .etlt export (an ONNX payload without the NMS plugin) "
+                              f"can be shipped decoded to ONNX Runtime devices; TAO's graph needs TensorRT's NMS "
+                              f"plugin")
+        if self.tao and self.host_graph is None and reference_labels is None:
+            why = {None: "", "uff": " (a UFF payload: TAO 3/4)"}.get(decoded and decoded.payload, "")
+            hint = "" if decoded is not None or not self.is_etlt else \
+                "; or the .etlt's key (ONNX payload), to run it on the host"
+            raise DeployError(f"{model_path} is TAO's export{why}, which only TensorRT runs: give the labels TAO's "
+                              f"`ssd inference` wrote for the sample images (reference_labels){hint}")
+
+    def host_detections(self, candidates, floor, score_threshold, iou_threshold, reference_labels,
+                        reference_threshold):
+        """({image name: detections down to floor}, the host record of expected.json): TAO's inference labels,
+        or the graph run on the host (for a native export also its plugin graph, which must agree)."""
+        if self.tao and self.host_graph is None:
+            return (reference_detections(candidates, reference_labels, list(self.meta["classes"])),
+                    {"runtime": "tao ssd inference", "threshold": reference_threshold})
+        if self.tao:
+            model = PluginHostModel(self.host_graph, self.meta, self.model_path)
+            return (model.detect([(p.name, im) for p, im in candidates], floor),
+                    {"runtime": "onnxruntime", "runtime_version": model.version,
+                     "graph": f"up to {model.plugin}, then taoflow's reference decoding and NMS with its attributes"})
+        model = HostModel(self.decoded.data if self.decoded is not None else self.model_path, self.meta,
+                          self.model_path)
+        detections = model.detect([(p.name, im) for p, im in candidates], floor)
+        host = {"runtime": "onnxruntime", "runtime_version": model.version}
+        plugin_graph = graph_for(self.meta, "tensorrt") if "graphs" in self.meta else None
+        if plugin_graph is not None and plugin_graph["output"]["kind"] == "tao_nms":
+            host["graphs"] = check_plugin_graph(self.dir / plugin_graph["model_file"], self.meta, candidates,
+                                                detections, floor, score_threshold, iou_threshold)
+        return detections, host
+
+    def shipped_sha256(self):
+        return self.decoded.sha256 if self.ship_onnx else sha256_file(self.model_path)
+
+    def write_model(self, tmp):
+        """The model file(s), model.json (with what the host learnt from a decoded .etlt, never the key), labels
+        and the optional files into the package directory being written."""
+        meta = self.meta
+        if self.decoded is not None:
+            meta = dict(meta, etlt=dict(meta.get("etlt") or {}, **etlt_facts(self.decoded)))
+        shipped = meta["model_file"]
+        if self.ship_onnx:
+            shipped = str(Path(meta["model_file"]).with_suffix(".onnx"))
+            meta = dict(meta, model_file=shipped, etlt=dict(meta["etlt"], decoded_on_host=True,
+                                                             etlt_file=self.model_path.name,
+                                                             etlt_sha256=sha256_file(self.model_path)))
+            (tmp / shipped).write_bytes(self.decoded.data)
+        else:
+            shutil.copy2(self.model_path, tmp / shipped)
+        for name in graph_files(meta)[1:]:  # the other graphs model.json offers (the plugin graph)
+            shutil.copy2(self.dir / name, tmp / name)
+        for name in ("labels.txt",) + OPTIONAL_FILES + (() if self.is_etlt else ("model.json",)):
+            if (self.dir / name).is_file():
+                shutil.copy2(self.dir / name, tmp / name)
+        if self.is_etlt:
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
