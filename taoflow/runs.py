@@ -92,12 +92,14 @@ def write_run(run_dir, passport, report, model_file, class_counts=None):
 
 
 def summary(passport, report, stages, model_file, run_dir, class_counts=None):
-    """What a train-ssd run returns (the flow adds `deployed` and the ClearML task)."""
+    """What a train-ssd run returns (the flow adds `deployed` and the ClearML task); `models`: the report's model
+    table's sizes and CPU latency."""
     return {"passport": passport, "map": passport["metrics"]["mAP"], "gates": report["gates"],
             "gates_passed": all(g["passed"] for g in report["gates"]),
             "stages": {k: {"key": v.key, "cached": v.cached, "seconds": v.seconds} for k, v in stages.items()},
             "model": str(model_file), "report": str(run_dir / REPORT_FILE), "classes": class_counts,
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir),
+            "models": [{k: r.get(k) for k in ("model", "params", "gflops", "cpu_latency_ms")} for r in report["rows"]]}
 
 
 def recorded_tracking(passport_file):

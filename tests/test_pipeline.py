@@ -124,8 +124,8 @@ def demo_spec(path, name="ssd_train_resnet10_demo_cpu.txt", replace=()):
 
 # 3 epochs, a checkpoint every epoch, validation every second epoch: epoch 2 of 3 can be resumed from, and the
 # training CSV has empty cells on epochs 1 and 3
-SHORT = (("num_epochs: 6", "num_epochs: 3"), ("checkpoint_interval: 3", "checkpoint_interval: 1"),
-         ("validation_period_during_training: 3", "validation_period_during_training: 2"))
+SHORT = (("num_epochs: 5", "num_epochs: 3"), ("checkpoint_interval: 5", "checkpoint_interval: 1"),
+         ("validation_period_during_training: 5", "validation_period_during_training: 2"))
 RETRAIN_SHORT = (("checkpoint_interval: 3", "checkpoint_interval: 1"),)
 
 
