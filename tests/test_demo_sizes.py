@@ -53,3 +53,9 @@ def test_crpd_demo_prunes_with_its_own_settings_and_traffic_with_the_flows(tmp_p
     assert DEMO_PRUNE["prune_criterion"] == "union"  # intersection cut block 4's residual trunk (taoflow/demo.py)
     traffic = _flow_arguments("traffic", tmp_path, 2, 0, 1, False, (414, 125), None)
     assert not set(DEMO_PRUNE) & set(traffic)
+
+
+def test_the_demo_deployment_prunes_as_taoflow_demo(tmp_path):
+    from taoflow.serve import build_deployments
+    demo = next(d for d in build_deployments(tmp_path / "ws", ["demo"]) if d.name == "demo").parameters
+    assert {k: demo[k] for k in DEMO_PRUNE} == DEMO_PRUNE
