@@ -49,6 +49,7 @@ BAD = {
                           "bad.toml:2: not UTF-8"),
     ("fleet", "status"): (["-i", "{in}/empty"], "empty: is a directory"),
     ("fleet", "rollback"): (["-i", "{in}/bad.toml", "--device", "x"], "bad.toml:2: not UTF-8"),
+    ("fleet", "service"): (["status", "-i", "{in}/bad.toml", "--model", "lpd"], "bad.toml:2: not UTF-8"),
     ("device", "doctor"): (["nano-01", "-i", "{in}/bad.toml"], "bad.toml:2: not UTF-8"),
     ("device", "detect"): (["nano-01", "-i", "{in}/bad.toml", "--model", "lpd", "--source", "x.avi"],
                            "bad.toml:2: not UTF-8"),
