@@ -266,8 +266,9 @@ def train_epoch(run, epoch):
             # Every rank's shard has the same length, so every rank skips it alike.
             break
         batch = make_batch(run.data, idx, run.sampler.rng, spec.effective.augmentation_config, (h, w), mean, device)
-        if device.type == "cuda":
-            batch = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
+        # channels_last on the CPU too: oneDNN's convolutions run about 20 % faster per step in that layout
+        # (bench/demo_cpu_step.py)
+        batch = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
         run.lr = soft_start_annealing_lr(run.step, run.total_steps, schedule, run.world)
         if run.step_fn is not None:
             total = run.step_fn(batch, run.lr)
@@ -340,9 +341,7 @@ def _load_model(spec, resume_model, initial_epoch, device, world):
             raise TaoflowError(f"{resume_model} has no optimizer state; resume needs a training checkpoint")
     elif initial_epoch > 1:
         raise TaoflowError("--initial_epoch > 1 needs -m with the checkpoint to resume from")
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)  # both CUDA and oneDNN prefer it
     _freeze(model, spec)
     if world > 1:  # every rank starts from rank 0's weights, as DDP and Horovod's broadcast make sure
         with collective("the broadcast of rank 0's weights"):
