@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from agent_common import AgentError
-from agent_infer import compare, decoded_to_nms, greedy_nms, parse_nms, preprocess
+from agent_infer import compare, decoded_to_nms, greedy_keep, greedy_nms, parse_nms, preprocess
 
 LABELS = ["background", "car", "plate"]
 SPEC = {"name": "Input", "channels": 3, "height": 4, "width": 6, "channel_order": "BGR",
@@ -275,6 +275,17 @@ def test_greedy_nms_equals_the_one_by_one_loop_and_keeps_iou_at_the_threshold():
     assert greedy_nms(pair, np.array([0.5, 0.5], np.float32), 0.5) == [0, 1]
     assert greedy_nms(pair, np.array([0.5, 0.5], np.float32), 0.49) == [0]
     assert greedy_nms(pair, np.array([0.4, 0.5], np.float32), 0.49) == [1]
+
+
+def test_greedy_keep_in_blocks_up_to_a_limit_equals_the_loop_cut_at_that_limit():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        count = int(rng.integers(0, 300))
+        boxes = rng.integers(0, 7, size=(count, 4)).astype(np.float32) / 6  # dense: many overlaps across blocks
+        threshold = float(rng.choice([0.0, 0.25, 0.5]))
+        limit = int(rng.integers(1, 320))
+        want = reference_greedy_nms(boxes, np.arange(count, 0, -1).astype(np.float32), threshold)[:limit]
+        assert greedy_keep(boxes, threshold, limit).tolist() == want
 
 
 def test_a_suppressed_box_suppresses_nothing():

@@ -46,24 +46,24 @@ def preprocess(image_bgr, input_spec, out=None):
     return out
 
 
-def _suppression_matrix(boxes, iou_threshold):
-    """[K, K] bool: IoU(boxes[j], boxes[i]) > iou_threshold in the sense of the one-box-against-the-rest loop
+def _suppression_matrix(rows, cols, iou_threshold):
+    """[J, I] bool: IoU(rows[j], cols[i]) > iou_threshold in the sense of the one-box-against-the-rest loop
     (tests/device/test_infer.py keeps it): normalised float32 boxes, no +1 on widths (as the plugin), IoU 0 where
     the union is not positive, and "suppress" meaning "not iou <= threshold". Row j holds, bit for bit, what that
-    loop computes for box j: the same float32 operations in the same order (max, min, a product of two sides and
-    the sum of two areas do not depend on operand order), done in place on three K x K buffers."""
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    a = np.maximum.outer(x1, x1)
-    b = np.maximum.outer(y1, y1)
-    inter = np.minimum.outer(x2, x2)
+    loop computes for box rows[j]: the same float32 operations in the same order (max, min, a product of two sides
+    and the sum of two areas do not depend on operand order), done in place on three J x I buffers."""
+    rx1, ry1, rx2, ry2 = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    cx1, cy1, cx2, cy2 = cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 3]
+    a = np.maximum.outer(rx1, cx1)
+    b = np.maximum.outer(ry1, cy1)
+    inter = np.minimum.outer(rx2, cx2)
     inter -= a
     np.clip(inter, 0, None, out=inter)
-    np.minimum.outer(y2, y2, out=a)
+    np.minimum.outer(ry2, cy2, out=a)
     a -= b
     np.clip(a, 0, None, out=a)
     inter *= a
-    areas = (x2 - x1) * (y2 - y1)
-    union = np.add.outer(areas, areas, out=b)
+    union = np.add.outer((rx2 - rx1) * (ry2 - ry1), (cx2 - cx1) * (cy2 - cy1), out=b)
     union -= inter
     ratio = np.maximum(union, 1e-12, out=a)
     np.divide(inter, ratio, out=ratio)
@@ -76,24 +76,38 @@ def _suppression_matrix(boxes, iou_threshold):
     return suppress
 
 
+NMS_MIN_BLOCK = 32  # candidates examined at least per step of greedy_keep
+
+
 def greedy_keep(ranked_boxes, iou_threshold, limit=None):
     """Positions kept by greedy NMS of boxes already in rank order (best first): a box whose IoU with a kept,
     better-ranked box is > iou_threshold is suppressed. At most `limit`, best first.
 
-    The result of the one-by-one loop (pick the best left, drop what it overlaps, repeat), from one matrix: only
-    boxes that overlap another one can suppress anything, so only those are walked through, in rank order.
+    The result of the one-by-one loop (pick the best left, drop what it overlaps, repeat), in blocks of rank order:
+    a block first loses what the boxes kept so far suppress (one matrix), then is walked through in order, and
+    within it only boxes that overlap another one can suppress anything. A block is as long as the boxes still
+    wanted, so that with few suppressions the first `limit` candidates are the only ones compared.
     """
     count = len(ranked_boxes)
-    if count == 0:
-        return np.zeros(0, dtype=np.intp)
-    suppresses = _suppression_matrix(ranked_boxes, iou_threshold)
-    suppressed = np.zeros(count, dtype=bool)
-    # Rows with an overlap besides the box itself: the only ones that can suppress a later box.
-    for j in np.flatnonzero(np.count_nonzero(suppresses, axis=1) > suppresses.diagonal()).tolist():
-        if not suppressed[j]:
-            suppressed[j + 1:] |= suppresses[j, j + 1:]
-    kept = np.flatnonzero(~suppressed)
-    return kept if limit is None else kept[:max(0, int(limit))]
+    limit = count if limit is None else max(0, min(int(limit), count))
+    kept = []
+    start, found = 0, 0
+    while start < count and found < limit:
+        stop = min(count, start + max(limit - found, NMS_MIN_BLOCK))
+        block = ranked_boxes[start:stop]
+        if found:
+            alive = ~_suppression_matrix(ranked_boxes[np.concatenate(kept)], block, iou_threshold).any(axis=0)
+        else:
+            alive = np.ones(stop - start, dtype=bool)
+        inner = _suppression_matrix(block, block, iou_threshold)
+        # Rows with an overlap besides the box itself: the only ones that can suppress a later box.
+        for j in np.flatnonzero(alive & (np.count_nonzero(inner, axis=1) > inner.diagonal())).tolist():
+            if alive[j]:
+                alive[j + 1:] &= ~inner[j, j + 1:]
+        kept.append(start + np.flatnonzero(alive))
+        found += kept[-1].size
+        start = stop
+    return np.concatenate(kept)[:limit] if kept else np.zeros(0, dtype=np.intp)
 
 
 def greedy_nms(boxes, scores, iou_threshold):
