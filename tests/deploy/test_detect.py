@@ -64,7 +64,10 @@ def test_detect_on_a_video_writes_video_jsonl_and_kitti_matching_the_host(sim_fl
                  "--kitti-dir", str(root / "kitti"), "--threshold", "0.2", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["frames"] == frames and result["version"] == package.version
-    assert all(result["ms_per_frame"][k] > 0 for k in ("pre", "infer", "post", "total")) and result["fps"] > 0
+    assert all(result["ms_per_frame"][k] > 0 for k in ("decode", "pre", "infer", "post", "total")) and result["fps"] > 0
+    # the stages overlap: no one of them takes longer per frame than the whole loop
+    assert result["stages_overlap"] and max(result["ms_per_frame"][k] for k in ("decode", "pre", "infer", "post")) \
+        <= result["ms_per_frame"]["total"] * 1.05
 
     capture, read = cv2.VideoCapture(str(root / "annotated.avi")), 0
     while capture.read()[0]:
