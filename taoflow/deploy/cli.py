@@ -257,7 +257,9 @@ def run_detect(args):
     ms = result["ms_per_frame"]
     print(f"{device.name} {args.model} {result['version']} ({result.get('runtime')}): {result['frames']} frames at "
           f"{result['fps']} FPS; per frame {ms['pre']} ms pre-processing, {ms['infer']} ms inference, "
-          f"{ms['post']} ms post-processing ({ms['total']} ms in all)")
+          f"{ms['post']} ms post-processing, {ms['total']} ms wall"
+          + (" (the stages overlap, so they can add up to more than the wall time)" if result.get("stages_overlap")
+             else ""))
     for kind, path in sorted((result.get("outputs") or {}).items()):
         if path:
             print(f"  {kind}: {device.name}:{path}")
