@@ -3,13 +3,14 @@ temporary local server in its own PREFECT_HOME."""
 
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from tests.clearml_offline import all_bytes as all_file_bytes  # noqa: E402,F401 (the flow tests' secret scans)
 
 TRAIN = """random_seed: 7
 ssd_config { aspect_ratios_global: "[1.0, 2.0, 0.5, 3.0, 1.0/3.0]" scales: "[0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95]"
@@ -53,14 +54,3 @@ def raw_crpd(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw") / "crpd"
     generate_crpd(root, num_images=40, image_size=(160, 120), seed=11, progress=False)
     return root
-
-
-def all_file_bytes(root):
-    """(path, bytes) of every file under root, zip archives (ClearML offline sessions) with their members' bytes."""
-    for path in Path(root).rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.suffix == ".zip":
-                with zipfile.ZipFile(path) as z:
-                    data += b"".join(z.read(n) for n in z.namelist())
-            yield path, data
