@@ -230,7 +230,7 @@ def test_the_flow_executors_export_is_described_for_deploy(setup, tmp_path, tao_
     raw = load_experiment(SPECS / "ssd_retrain_resnet18_crpd.txt", task="any").raw
     spec.write_text(render(rewrite_paths(raw, lambda _field, value: str(data_root / value))))
     written = TaoFlowExecutor(config).export(spec, data_root / "models/resnet18.hdf5",
-                                             tmp_path / "run/export/model.onnx", "fp16")
+                                             tmp_path / "run/export/model.onnx", "fp16").files
     model = Path(written["onnx" if suffix == ".onnx" else "etlt"])
     assert model.suffix == suffix and Path(written["labels"]).read_text() == "background\nlpd\n"
     meta = json.loads(Path(written["model_json"]).read_text())
