@@ -20,7 +20,8 @@ from .errors import DeployError
 def lock_dir():
     base = os.environ.get("TAOFLOW_LOCK_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "taoflow"
     path = Path(base).expanduser() / "device-locks"
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -28,12 +29,12 @@ def lock_dir():
 async def device_lock(device, wait_s=600.0):
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{device.host}_{device.port}")
     path = lock_dir() / f"{safe}.lock"
-    f = open(path, "a+")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + wait_s
     try:
         while True:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -42,4 +43,4 @@ async def device_lock(device, wait_s=600.0):
                 await asyncio.sleep(0.1)
         yield
     finally:
-        f.close()
+        os.close(fd)

@@ -23,6 +23,7 @@ accepts connections until `start(port=...)`).
 
 import asyncio
 import getpass
+import io
 import json
 import os
 import pwd
@@ -32,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -40,7 +42,7 @@ import asyncssh
 
 from ..errors import TaoflowError
 from ..fsutil import sha256_file
-from .ssh import raise_open_file_limit
+from .ssh import UPLOAD_CHECKS, raise_open_file_limit
 
 SERVER_KINDS = ("auto", "openssh", "embedded")
 
@@ -455,11 +457,12 @@ class EmbeddedDevice(_Device):
 
 class HostOnlyDevice(EmbeddedDevice):
     """An embedded device that does no device work, for measuring the host's own cost of a rollout
-    (bench/fleet.py --host-only): SFTP writes real files, and each exec request is answered in this process with
-    the agent's real reply protocol. The agent's own store code (activate, revert, status, ... on real files) runs
-    here; probe, build and smoke are replaced by answers that cost nothing: an ONNX Runtime Nano, no build, and
-    a smoke test that finds exactly the package's expected detections. The shell commands the host sends besides
-    the agent (mkdir, sha256sum, df) are done here too, without a process.
+    (bench/fleet.py --host-only): uploads (SFTP, or the tar stream of small files) write real files, and each
+    exec request is answered in this process with the agent's real reply protocol. The agent's own store code
+    (activate, revert, status, ... on real files) runs here; probe, build and smoke are replaced by answers that
+    cost nothing: an ONNX Runtime Nano, no build, and a smoke test that finds exactly the package's expected
+    detections. The shell commands the host sends besides the agent (mkdir, sha256sum, df, tar and the upload
+    check) are done here too, without a process.
     """
 
     kind = "host-only"
@@ -485,10 +488,11 @@ class HostOnlyDevice(EmbeddedDevice):
             if argv[:2] != ["exec", "timeout"] or argv[5:7] != ["sh", "-c"]:
                 raise ValueError("not a command the taoflow host sends")
             inner = argv[7]
+            stdin = await process.stdin.read()  # the host always ends its input (a tar of small files, a key)
             if inner.startswith(("cd ", "IFS= read")):  # agent.agent_command
                 status, out = self._agent(shlex.split(inner))
             else:
-                status, out, err = self._shell(inner)
+                status, out, err = self._shell(inner, stdin)
         except Exception as e:  # noqa: BLE001 - answered as a failed command, as a shell would; never a dropped link
             status, err = 127, f"host-only simulated device: {type(e).__name__}: {e}\n"
         if out:
@@ -497,8 +501,12 @@ class HostOnlyDevice(EmbeddedDevice):
             process.stderr.write(err.encode())
         process.exit(status)
 
-    def _shell(self, inner):
-        """`mkdir -p -- DIRS || exit 3; sha256sum -- PATHS 2>/dev/null; echo @df; df -Pk ROOT 2>/dev/null; true`"""
+    def _shell(self, inner, stdin=b""):
+        """`mkdir -p -- DIRS || exit 3; sha256sum -- PATHS 2>/dev/null; echo @df; df -Pk ROOT 2>/dev/null; true`
+        (Session.prepare), and `UPLOAD_CHECKS; tar -x -o -f - -C ROOT || exit 4; k|r PATH SHA256 N; ...; true`
+        (Session._unpack_and_check: the tar comes on stdin)."""
+        if inner.startswith(UPLOAD_CHECKS):
+            inner = inner[len(UPLOAD_CHECKS):]
         lexer = shlex.shlex(inner, posix=True, punctuation_chars=";|&>")
         lexer.whitespace_split = True
         statements, words = [], []
@@ -526,6 +534,18 @@ class HostOnlyDevice(EmbeddedDevice):
                         out.append(f"{sha256_file(path)}  {path}\n")
             elif words[:2] == ["echo", "@df"]:
                 out.append("@df\n")
+            elif words[:2] == ["tar", "-x"]:
+                with tarfile.open(fileobj=io.BytesIO(stdin), mode="r:") as tar:
+                    tar.extractall(words[-1], filter="data")
+            elif words[0] in ("k", "r") and len(words) == 4:  # the upload check's shell functions
+                path, digest, index = words[1:]
+                written = path + (".part" if words[0] == "r" else "")
+                if os.path.isfile(written) and sha256_file(written) == digest:
+                    if words[0] == "r":
+                        os.replace(written, path)
+                    out.append(f"@ok {index}\n")
+                elif os.path.lexists(written):
+                    os.unlink(written)
             elif words[0] == "df":
                 st = os.statvfs(words[-1])
                 blocks, free = st.f_blocks * st.f_frsize // 1024, st.f_bavail * st.f_frsize // 1024

@@ -13,8 +13,11 @@ build is killed on the device, not just abandoned by the host.
 
 import asyncio
 import contextlib
+import io
 import logging
 import shlex
+import tarfile
+from functools import lru_cache
 from pathlib import Path
 
 import asyncssh
@@ -43,6 +46,13 @@ if _packet_logger is not None and hasattr(_packet_logger, "_log_packet") and has
     _packet_logger._log_packet = _log_packet
 
 CHUNK = 4 << 20          # asyncssh splits each write into pipelined SFTP requests
+# Files up to BATCH_FILE_BYTES travel together as one tar stream on the stdin of the command that verifies the
+# upload (`tar -x` is on every L4T/Ubuntu and BusyBox): one exec instead of an SFTP open/write/close per file and
+# a separate checksum command. A device is one round trip away per request, so a package of a model, its
+# metadata and a few sample images costs one exchange plus SFTP for the model alone. Larger files keep SFTP:
+# they resume from the prefix a dropped connection left, a tar stream would start again from zero.
+BATCH_FILE_BYTES = 1 << 20
+BATCH_BYTES = 8 << 20    # at most this much per batch (held in memory, resent whole after a dropped link)
 KILL_GRACE_S = 10        # `timeout -k`: SIGKILL this long after SIGTERM
 LOCAL_GRACE_S = 20       # the host waits this much longer than the device-side limit
 # AES-GCM first: the host's side of every connection runs in one Python event loop, and asyncssh's
@@ -108,6 +118,18 @@ def fingerprint(key_line):
     return asyncssh.import_public_key(key_line).get_fingerprint("sha256")
 
 
+def _file_stamp(path):
+    st = Path(path).stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@lru_cache(maxsize=16)
+def _client_key(path, *stamp):
+    """The client's private key, parsed once per file version: a fleet of a thousand devices shares one key, and
+    parsing it is a measurable share of the host's work per connection. Nothing but the parsed key is kept."""
+    return asyncssh.read_private_key(path)
+
+
 class Session:
     """One device's SSH connection; reconnects on demand. Counts bytes uploaded and the agent's CPU seconds for
     reports and benchmarks."""
@@ -132,7 +154,7 @@ class Session:
             return
         d = self.device
         try:
-            key = asyncssh.read_private_key(str(d.key))
+            key = _client_key(str(d.key), *_file_stamp(d.key))
         except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as e:
             # The message names the file and the reason only; key material never reaches an error or a log.
             reason = e.strerror if isinstance(e, OSError) else str(e)  # asyncssh's reasons hold no key bytes
@@ -216,12 +238,12 @@ class Session:
         return result.exit_status, result.stdout or "", result.stderr or ""
 
     async def _conn_run(self, remote, input):
-        """Run `remote`; its stdout and stderr are read up to MAX_REPLY_BYTES each, then the channel is closed
-        (a device cannot make the host hold a flood in memory)."""
-        proc = await self.conn.create_process(remote, encoding="utf-8", errors="replace")
+        """Run `remote` with `input` (str or bytes) on its stdin; its stdout and stderr are read up to
+        MAX_REPLY_BYTES each, then the channel is closed (a device cannot make the host hold a flood in memory)."""
+        proc = await self.conn.create_process(remote, encoding=None)
         try:
             if input is not None:
-                proc.stdin.write(input)
+                proc.stdin.write(input.encode() if isinstance(input, str) else input)
             proc.stdin.write_eof()
             reads = [asyncio.ensure_future(_read_capped(proc.stdout)), asyncio.ensure_future(_read_capped(proc.stderr))]
             try:
@@ -236,7 +258,8 @@ class Session:
             await proc.wait_closed()
         finally:
             proc.close()
-        return _Completed(proc.exit_status, proc.exit_signal, out, err)
+        return _Completed(proc.exit_status, proc.exit_signal, out.decode("utf-8", "replace"),
+                          err.decode("utf-8", "replace"))
 
     async def _sftp(self):
         await self.connect()
@@ -277,15 +300,17 @@ class Session:
     async def upload_files(self, items, have=None, progress=None, in_place=False):
         """Upload [(local path, remote path, sha256)] unless the remote already has that sha256.
 
-        Each file goes to `remote + '.part'`, resuming from the size already there (a dropped connection leaves
-        a correct prefix: writes are sequential); then one `sha256sum` verifies every .part, the good ones are
-        renamed into place and the bad ones deleted, so the next attempt resends those from zero.
+        Small files (BATCH_FILE_BYTES) go as one tar stream into the command that verifies the upload; larger
+        ones by SFTP to `remote + '.part'`, resuming from the size already there (a dropped connection leaves a
+        correct prefix: writes are sequential). Then, in that one command, every file is checked against its
+        sha256 on the device: the good ones are renamed into place, the bad ones deleted, so the next attempt
+        resends those from zero.
         `in_place`: write to the remote path itself (resuming a prefix there) and verify it, without the rename:
-        for a version's staging directory, which nothing reads before the host has verified every file (the
-        rename costs a request per file, a large share of the host's work in a fleet of hundreds).
+        for a version's staging directory, which nothing reads before the host has verified every file.
         `have`: {remote path: sha256} as `prepare` read it (upload_paths: the targets and, unless in place,
         their `.part` siblings); a file that is not there is written from zero without asking for its size.
-        `progress(session, local, done, size)` is called after each chunk. Returns the number of files sent.
+        `progress(session, local, done, size)` is called after each chunk (a batched file: once, whole).
+        Returns the number of files sent.
         """
         if have is None:
             have = await self.sha256(upload_paths((remote for _, remote, _ in items), in_place))
@@ -293,29 +318,56 @@ class Session:
         if not todo:
             return 0
         suffix = "" if in_place else ".part"
+        batch, batched = [], 0
         for local, remote, digest in todo:
-            there = have.get(remote + suffix)
-            if there == digest:
-                continue  # sent whole before a dropped connection; only the rename below is missing
-            await self._guard(self._send(local, remote + suffix, progress, resume=there is not None),
-                              f"upload of {local.name}", self.device.command_timeout)
-        got = await self.sha256([remote + suffix for _, remote, _ in todo])
-        bad = []
-        for local, remote, digest in todo:
-            if got.get(remote + suffix) != digest:
-                bad.append(local.name)
-                op = ("remove", remote + suffix)
-            elif in_place:
+            if have.get(remote + suffix) == digest:
+                continue  # sent whole before a dropped connection; only the check (and rename) is missing
+            size = local.stat().st_size
+            if size <= BATCH_FILE_BYTES and batched + size <= BATCH_BYTES and self._batchable(remote):
+                batch.append((local, remote + suffix, size, digest))
+                batched += size
                 continue
-            else:
-                op = ("posix_rename", remote + suffix, remote)
-            await self._guard(self._sftp_op(*op), f"upload of {local.name}", self.device.command_timeout)
+            await self._guard(self._send(local, remote + suffix, progress, resume=remote + suffix in have),
+                              f"upload of {local.name}", self.device.command_timeout)
+        bad = await self._unpack_and_check(batch, todo, in_place, progress)
         if bad:
             err = UploadError(f"checksum mismatch after upload of {', '.join(bad)}; the partial files were removed",
                               self.device.name)
             err.retryable = True  # the next attempt starts those files from zero
             raise err
         return len(todo)
+
+    def _batchable(self, remote):
+        """Whether `remote` can be a member of a tar extracted in the device root (no `..`, nothing outside)."""
+        rel = remote[len(self.device.device_root) + 1:] if remote.startswith(self.device.device_root + "/") else ""
+        return bool(rel) and ".." not in rel.split("/") and not rel.startswith("/")
+
+    async def _unpack_and_check(self, batch, todo, in_place, progress):
+        """One command: extract `batch` [(local, remote path to write, size, sha256)] from a tar on stdin into the
+        device root, then check every file of `todo` against its sha256, renaming `.part` files that pass into
+        place and deleting what fails. Returns the names of the local files whose upload failed the check."""
+        root = self.device.device_root
+        data = _tar(batch, root) if batch else None
+        lines = [UPLOAD_CHECKS]
+        if batch:
+            lines.append(f"tar -x -o -f - -C {shlex.quote(root)} || exit 4")
+        check = "k" if in_place else "r"
+        lines += [f"{check} {shlex.quote(remote)} {digest} {i}" for i, (_, remote, digest) in enumerate(todo)]
+        lines.append("true")
+        status, out, err = await self.run("; ".join(lines), input=data, what="upload check")
+        if status == 4:
+            raise DeployError(f"unpacking the upload failed on the device: {err.strip()[-300:]}", self.device.name)
+        if status != 0:
+            raise DeployError(f"checking the upload failed on the device (exit status {status}): "
+                              f"{err.strip()[-300:]}", self.device.name)
+        if batch:
+            self.bytes_sent += sum(size for _, _, size, _ in batch)
+            if progress is not None:
+                for local, _, size, _ in batch:
+                    progress(self, local, size, size)
+        passed = {int(word) for line in out.splitlines() if line.startswith("@ok ")
+                  for word in line.split()[1:2] if word.isdigit()}
+        return [local.name for i, (local, _, _) in enumerate(todo) if i not in passed]
 
     async def readlink(self, path):
         """Target of a remote symlink, or None when there is none (e.g. no `current` yet)."""
@@ -389,6 +441,36 @@ def parse_sha256sum_line(line):
     return digest, name
 
 
+# Shell functions of the upload check (Session._unpack_and_check): `k PATH SHA256 N` keeps a file written in place
+# if it has that sha256 and deletes it otherwise; `r PATH SHA256 N` does so for PATH.part and renames it to PATH
+# when it passes. Each prints `@ok N` for a file that passed. `sha256sum < FILE` prints "DIGEST  -" in GNU
+# coreutils and BusyBox alike.
+UPLOAD_CHECKS = ('c() { [ "$(sha256sum < "$1")" = "$2  -" ]; }; '
+                 'k() { if c "$1" "$2"; then echo "@ok $3"; else rm -f -- "$1"; fi; }; '
+                 'r() { if c "$1.part" "$2" && mv -f -- "$1.part" "$1"; then echo "@ok $3"; '
+                 'else rm -f -- "$1.part"; fi; }')
+
+
+def _tar(batch, root):
+    """The tar stream of `batch` [(local, remote path, size, sha256)], members named relative to `root`, mode
+    0644 and each file's own modification time: the same bytes for every device of a fleet, built once (the
+    sha256 in the cache key: changed contents never reuse a stream)."""
+    return _tar_members(tuple((str(local), remote[len(root) + 1:], size, local.stat().st_mtime_ns, digest)
+                              for local, remote, size, digest in batch))
+
+
+@lru_cache(maxsize=4)
+def _tar_members(members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
+        for local, name, size, mtime_ns, _ in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o644, mtime_ns // 10**9
+            with open(local, "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
 def upload_paths(remotes, in_place=False):
     """The remote paths `prepare` should hash before an upload: each target and, unless written in place, its
     `.part` (a resumable prefix)."""
@@ -405,14 +487,14 @@ class _Flood(Exception):
 
 
 async def _read_capped(stream, limit=MAX_REPLY_BYTES):
-    """Everything `stream` sends until EOF; _Flood once it passes `limit` characters."""
+    """Everything `stream` sends until EOF (bytes); _Flood once it passes `limit` bytes."""
     parts, size = [], 0
     while chunk := await stream.read(1 << 16):
         size += len(chunk)
         if size > limit:
             raise _Flood()
         parts.append(chunk)
-    return "".join(parts)
+    return b"".join(parts)
 
 
 async def with_retries(session, op, attempts=4, backoff_s=0.5):
