@@ -503,7 +503,7 @@ class HostOnlyDevice(EmbeddedDevice):
 
     def _shell(self, inner, stdin=b""):
         """`mkdir -p -- DIRS || exit 3; sha256sum -- PATHS 2>/dev/null; echo @df; df -Pk ROOT 2>/dev/null; true`
-        (Session.prepare), and `UPLOAD_CHECKS; tar -x -o -f - -C ROOT || exit 4; k|r PATH SHA256 N; ...; true`
+        (Session.prepare), and `UPLOAD_CHECKS; tar -x -o -m -f - -C ROOT || exit 4; k|r PATH SHA256 N; ...; true`
         (Session._unpack_and_check: the tar comes on stdin)."""
         if inner.startswith(UPLOAD_CHECKS):
             inner = inner[len(UPLOAD_CHECKS):]

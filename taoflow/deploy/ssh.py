@@ -350,7 +350,9 @@ class Session:
         data = _tar(batch, root) if batch else None
         lines = [UPLOAD_CHECKS]
         if batch:
-            lines.append(f"tar -x -o -f - -C {shlex.quote(root)} || exit 4")
+            # -o: files owned by the login user even when that is root; -m: stamped with the device's time (a Nano
+            # without network time boots in the past, and GNU tar warns about every file "from the future")
+            lines.append(f"tar -x -o -m -f - -C {shlex.quote(root)} || exit 4")
         check = "k" if in_place else "r"
         lines += [f"{check} {shlex.quote(remote)} {digest} {i}" for i, (_, remote, digest) in enumerate(todo)]
         lines.append("true")
