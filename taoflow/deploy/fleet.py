@@ -148,7 +148,11 @@ def staging_plan(device, package, name, version):
 
     The agent bundle is replaced by a rename (an agent may be running from it); staging files are written in
     place (nothing reads a staging directory before the host verified it), so only the agent has a `.part`."""
-    items = _ship_items(device, package, staging_path(device, name, version))
+    return _plan(device, _ship_items(device, package, staging_path(device, name, version)))
+
+
+def _plan(device, items):
+    """(dirs, paths) that `prepare` creates and hashes before `items` are shipped (see staging_plan)."""
     agent = {remote for _, remote, _ in agent_items(device)}
     dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
     return dirs, [p for _, remote, _ in items for p in upload_paths([remote], in_place=remote not in agent)]
@@ -164,9 +168,7 @@ async def ship(session, package, staging, engine=None, progress=None, prepared=N
     items = _ship_items(session.device, package, staging, engine)
     agent = {remote for _, remote, _ in agent_items(session.device)}
     if prepared is None:
-        dirs = sorted({str(PurePosixPath(remote).parent) for _, remote, _ in items})
-        prepared = await session.prepare(dirs, [p for _, remote, _ in items
-                                                for p in upload_paths([remote], in_place=remote not in agent)])
+        prepared = await session.prepare(*_plan(session.device, items))
     have, free = prepared
     need_mb = sum(Path(p).stat().st_size for p, r, d in items if have.get(r) != d) / (1 << 20) + DISK_MARGIN_MB
     if free is not None and free < need_mb:
